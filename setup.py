@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dim-tf",
+    version="0.1.0",
+    description="Deep InfoMax (Hjelm et al., ICLR 2019) in TensorFlow 2 / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dim_tf", "dim_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "tensorflow-datasets>=4.9.10",
+        "absl-py>=2.1",
+        "tensorboard>=2.21,<2.22",
+        # tensorflow-datasets needs it on Python 3.11 but does not declare it
+        # (tensorflow/datasets#11212).
+        "importlib_resources",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+)

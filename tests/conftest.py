@@ -1,0 +1,27 @@
+"""Test set-up shared by every test module.
+
+The CPU is split into two logical devices before TensorFlow initialises, so
+MirroredStrategy can be tested on a machine without GPUs. Single-device code
+keeps running on /cpu:0.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same Python, NumPy, TF and Keras seeds."""
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    yield

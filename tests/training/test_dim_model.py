@@ -1,0 +1,163 @@
+"""The adversarial train_step: who updates what, the adversarial sign, learning."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dim_tf import DeepInfoMax, build_encoder
+from tests.training.synthetic import disc_images
+
+
+def _model(**kwargs):
+    defaults = dict(mi_units=32, beta=1.0, gamma=0.1)
+    defaults.update(kwargs)
+    return DeepInfoMax(build_encoder("basic32x32"), **defaults)
+
+
+def _values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def _changed(before, variables):
+    return [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)]
+
+
+def test_discriminator_loss_has_no_gradient_into_the_encoder():
+    model = _model(alpha=0.5)
+    model.compile()
+    images = tf.constant(disc_images(8))
+    with tf.GradientTape(persistent=True) as tape:
+        encoder_loss, prior_loss, _ = model._step_terms(images, training=True)
+        encoder_loss, prior_loss = tf.reduce_mean(encoder_loss), tf.reduce_mean(prior_loss)
+    to_encoder = tape.gradient(prior_loss, model.encoder_side_variables)
+    assert all(g is None or not np.any(g.numpy()) for g in to_encoder)
+    # The encoder-side loss does depend on D (it has to fool it) ...
+    to_prior = tape.gradient(encoder_loss, model.prior_variables)
+    assert any(g is not None and np.any(g.numpy()) for g in to_prior)
+    # ... and on every encoder-side variable.
+    to_encoder = tape.gradient(encoder_loss, model.encoder_side_variables)
+    assert all(g is not None for g in to_encoder)
+
+
+def test_each_optimizer_moves_only_its_own_player():
+    images = disc_images(16)
+    # Encoder side frozen (lr 0): no encoder-side weight may move, D must.
+    model = _model(alpha=0.5)
+    model.compile(keras.optimizers.Adam(0.0), keras.optimizers.Adam(1e-3))
+    enc, disc = _values(model.encoder_side_variables), _values(model.prior_variables)
+    model.fit(images, batch_size=8, epochs=1, verbose=0)
+    assert not any(_changed(enc, model.encoder_side_variables))
+    assert all(_changed(disc, model.prior_variables))
+    # Prior discriminator frozen: D may not move, every encoder-side weight must.
+    model = _model(alpha=0.5)
+    model.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(0.0))
+    enc, disc = _values(model.encoder_side_variables), _values(model.prior_variables)
+    model.fit(images, batch_size=8, epochs=1, verbose=0)
+    assert not any(_changed(disc, model.prior_variables))
+    assert all(_changed(enc, model.encoder_side_variables))
+
+
+def test_encoder_learns_to_fool_a_frozen_discriminator():
+    """With D frozen and the prior term dominant, the encoder's updates must raise
+    D's score on the codes: a wrong sign in the adversarial loss lowers it."""
+    images = tf.constant(disc_images(32))
+    model = _model(beta=1e-6, gamma=1.0)
+    model.compile(keras.optimizers.Adam(1e-3), keras.optimizers.SGD(0.0))
+
+    def mean_score():
+        codes = tf.sigmoid(model.encoder(images, training=False)["y"])
+        return float(tf.reduce_mean(model.prior_discriminator(codes)))
+
+    model.fit(images, batch_size=16, epochs=1, verbose=0)  # settle BN statistics
+    before = mean_score()
+    model.fit(images, batch_size=16, epochs=15, verbose=0)
+    after = mean_score()
+    assert after > before + 0.1, (before, after)
+
+
+def test_discriminator_learns_to_tell_prior_from_codes():
+    images = disc_images(32)
+    model = _model(beta=1.0, gamma=0.1)
+    model.compile(keras.optimizers.Adam(0.0), keras.optimizers.Adam(1e-3))
+    history = model.fit(images, batch_size=16, epochs=10, verbose=0).history
+    assert history["prior_disc_loss"][-1] < history["prior_disc_loss"][0]
+    assert history["prior_disc_accuracy"][-1] > 0.9
+
+
+def test_local_objective_learns_on_synthetic_images():
+    """200 steps of DIM(L) (JSD) on generated disc images take the local loss from
+    above 0 to well below 0, near its bound -2 log 2 = -1.386."""
+    images = disc_images(256)
+    model = _model(mi_units=64)
+    model.compile(keras.optimizers.Adam(1e-3, beta_1=0.5))
+    dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(256, seed=0).batch(32, drop_remainder=True)
+    start = model.evaluate(dataset, verbose=0, return_dict=True)["local_loss"]
+    model.fit(dataset.repeat(), steps_per_epoch=200, epochs=1, verbose=0)
+    end = model.evaluate(dataset, verbose=0, return_dict=True)
+    assert start > 0.0
+    assert end["local_loss"] < -0.8, (start, end)
+    assert end["local_mi"] == pytest.approx(-end["local_loss"])
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "dv", "nce", "gan", "kl", "rkl", "h2", "x2"])
+@pytest.mark.parametrize("local_critic", ["dot", "concat"])
+def test_every_estimator_and_critic_trains_finite(estimator, local_critic):
+    model = _model(estimator=estimator, local_critic=local_critic, alpha=0.5)
+    model.compile()
+    logs = model.fit(disc_images(8), batch_size=4, epochs=1, verbose=0).history
+    expected = {"loss", "local_loss", "local_mi", "global_loss", "global_mi", "prior_loss",
+                "prior_disc_loss", "prior_gradient_penalty", "prior_disc_accuracy"}
+    assert set(logs) == expected
+    assert all(np.isfinite(v[-1]) for v in logs.values())
+
+
+def test_test_step_reports_validation_losses_without_updating():
+    model = _model(alpha=1.0)
+    model.compile()
+    before = _values(model.weights)
+    logs = model.evaluate(disc_images(8), batch_size=4, verbose=0, return_dict=True)
+    assert not any(_changed(before, model.weights))
+    assert {"local_loss", "global_loss", "prior_disc_loss"} <= set(logs)
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    model = _model()
+    model.compile()
+    images = disc_images(4)
+    images[0, 0, 0, 0] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        model.fit(images, batch_size=4, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"estimator": "mine"}, "Valid estimators"),
+        ({"alpha": 0.0, "beta": 0.0}, "alpha and beta are both 0"),
+        ({"gamma": -1.0}, "gamma must be"),
+        ({"local_critic": "bilinear"}, "local_critic must be one of"),
+        ({"negatives": "all"}, "negatives must be one of"),
+        ({"negative_group_size": 1}, "negative_group_size"),
+        ({"mi_units": 0}, "mi_units"),
+    ],
+)
+def test_invalid_settings_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _model(**kwargs)
+
+
+def test_mixed_bfloat16_keeps_scores_and_losses_in_float32():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _model(alpha=0.5)
+        model.compile()
+        features = model.encoder(tf.constant(disc_images(4)), training=False)
+        assert features["local"].dtype == tf.bfloat16
+        terms = model._encoder_side_terms(features, training=False)
+        assert all(t.dtype == tf.float32 for t in terms.values())
+        logs = model.fit(disc_images(8), batch_size=4, epochs=1, verbose=0).history
+        assert all(np.isfinite(v[-1]) for v in logs.values())
+    finally:
+        keras.config.set_dtype_policy(previous)
