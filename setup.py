@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["dim_tf", "dim_tf.*"]),
+    package_data={"dim_tf": ["data/samples/README.md", "data/samples/*/*/*/*.jpg"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",

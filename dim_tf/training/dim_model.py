@@ -200,6 +200,11 @@ class DeepInfoMax(keras.Model):
             self.prior_optimizer = prior_optimizer or default_optimizer()
             self.prior_optimizer.build(self.prior_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """No-op: every variable already exists (`_build_by_tracing`). Keras' version
+        reduces a first batch across replicas, which fails under
+        MultiWorkerMirroredStrategy for (images, labels) batches."""
+
     @property
     def metrics(self) -> list:
         return list(self._trackers.values())

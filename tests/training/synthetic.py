@@ -17,3 +17,30 @@ def disc_images(n: int, size: int = 32, channels: int = 3, seed: int = 0) -> np.
         out[i] = np.where(disc, rng.uniform(-1, 1, channels), rng.uniform(-1, 1, channels))
         out[i] += rng.normal(0, 0.05, (size, size, channels))
     return np.clip(out, -1, 1)
+
+
+def write_image_folder(
+    root, counts: dict, size: int = 32, seed: int = 0, classes: int = 2
+) -> list[str]:
+    """Writes disc images as a tfds.ImageFolder tree root/<split>/class_<k>/NNN.(jpg|png).
+
+    Every third image is a PNG and the rest JPEGs. Returns the written paths.
+    """
+    import os
+
+    import tensorflow as tf
+
+    paths = []
+    for split, n in counts.items():
+        images = disc_images(n, size=size, seed=seed + hash(split) % 1000)
+        for i, image in enumerate(images):
+            label_dir = os.path.join(root, split, f"class_{i % classes}")
+            os.makedirs(label_dir, exist_ok=True)
+            pixels = tf.constant(((image + 1.0) * 127.5).round().astype(np.uint8))
+            if i % 3 == 2:
+                path, data = os.path.join(label_dir, f"{i:03d}.png"), tf.io.encode_png(pixels)
+            else:
+                path, data = os.path.join(label_dir, f"{i:03d}.jpg"), tf.io.encode_jpeg(pixels)
+            tf.io.write_file(path, data)
+            paths.append(path)
+    return paths

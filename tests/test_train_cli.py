@@ -1,0 +1,182 @@
+"""`python -m dim_tf.train`: flags, validation, folder data, resume, multi-worker, logs."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.training.synthetic import write_image_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--encoder=basic32x32", "--mi_units=16", "--batch_size=8", "--verbose=2",
+        "--log_every=1", "--learning_rate=1e-3"]
+
+
+def run_train(*args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "dim_tf.train", *args], cwd=REPO_ROOT,
+        env=dict(os.environ, **(env or {})), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    root = tmp_path / "images"
+    write_image_folder(root, {"train": 32, "test": 8})
+    return root
+
+
+def _final_weights(model_dir):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
+    return {n: reader.get_tensor(n) for n in names}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--estimator=mine"], "--estimator='mine' is not valid. Allowed: jsd, dv, nce"),
+        (["--batch_size=-4"], "--batch_size must be an integer >= 2"),
+        (["--dataset=folder:/no/such/dir"], "folder '/no/such/dir' does not exist"),
+        (["--strategy=gpu_cluster"], "--strategy='gpu_cluster' is not valid"),
+        (["--alpha=0", "--beta=0"], "--alpha and --beta are both 0"),
+        (["--encoder=vgg"], "--encoder='vgg' is not valid"),
+        (["--dataset=sample:imagenet"], "Allowed: sample:cifar10"),
+    ],
+)
+def test_invalid_flags_fail_before_training_and_name_the_flag(tmp_path, args, message):
+    result = run_train(f"--model_dir={tmp_path / 'run'}", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_model_dir_is_an_error():
+    result = run_train("--dataset=sample:cifar10")
+    assert result.returncode == 2 and "--model_dir is required" in result.stderr
+
+
+def test_encoder_that_does_not_fit_the_images(tmp_path, image_tree):
+    result = run_train(f"--dataset=folder:{image_tree}", f"--model_dir={tmp_path / 'run'}",
+                       "--encoder=basic64x64", "--mi_units=16")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--encoder=basic64x64 takes 64x64 images" in result.stderr
+    assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
+
+
+def test_corrupt_file_is_named_or_skipped(tmp_path, image_tree):
+    bad = image_tree / "train" / "class_1" / "zz_broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    gray = image_tree / "train" / "class_0" / "gray.png"
+    gray.write_bytes(tf.io.encode_png(np.full((32, 32, 1), 90, np.uint8)).numpy())
+    common = [f"--dataset=folder:{image_tree}", "--epochs=1", *TINY]
+    result = run_train(*common, f"--model_dir={tmp_path / 'strict'}")
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "--skip_corrupt" in result.stderr
+    result = run_train(*common, f"--model_dir={tmp_path / 'lenient'}", "--skip_corrupt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "lenient" / "summary.json").read_text())
+    assert summary["skipped_images"] == [str(bad)]
+    assert summary["end_step"] == 33 // 8  # 32 good images + the gray one
+
+
+def test_flagfile_with_override_and_end_to_end_run(tmp_path, image_tree):
+    flagfile = tmp_path / "tiny.flags"
+    flagfile.write_text("\n".join([f"--dataset=folder:{image_tree}", "--epochs=5",
+                                   "--estimator=nce", "--checkpoint_every=3", *TINY]) + "\n")
+    model_dir = tmp_path / "run"
+    result = run_train(f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--epochs=2",
+                       f"--export_dir={tmp_path / 'export'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["epochs"] == 2 and config["estimator"] == "nce"  # override wins
+    assert "--epochs=2" in (model_dir / "flags.txt").read_text()
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["end_step"] == summary["total_steps"] == 8
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-8")
+    assert "local_loss" in summary["metrics"]
+    events = glob.glob(str(model_dir / "logs" / "train" / "events.out.tfevents*"))
+    assert events
+    tags = {v.tag for e in events for ev in tf.compat.v1.train.summary_iterator(e)
+            for v in ev.summary.value}
+    assert {"loss/local", "mi/local", "prior/disc_accuracy", "optimizer/learning_rate",
+            "speed/images_per_second", "epoch_loss/local"} <= tags
+    assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
+    # Rerunning a finished run trains nothing.
+    again = run_train(f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--epochs=2")
+    assert again.returncode == 0
+    assert json.loads((model_dir / "summary.json").read_text())["start_step"] == 8
+    assert "step 8/8" in again.stdout
+
+
+def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, image_tree):
+    args = [f"--dataset=folder:{image_tree}", "--epochs=6", "--checkpoint_every=2",
+            "--seed=5", *TINY]
+    straight = run_train(*args, f"--model_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    model_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dim_tf.train", *args, f"--model_dir={model_dir}"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if glob.glob(str(model_dir / "checkpoints" / "ckpt-*.index")):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = int(tf.train.latest_checkpoint(str(model_dir / "checkpoints")).rsplit("-", 1)[1])
+    assert killed_at < 24
+
+    resumed = run_train(*args, f"--model_dir={model_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["start_step"] == killed_at and summary["end_step"] == 24
+    expected, actual = _final_weights(tmp_path / "straight"), _final_weights(model_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], atol=1e-5, rtol=1e-4, err_msg=name)
+
+
+def test_two_workers_on_localhost(tmp_path, image_tree):
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    model_dir = tmp_path / "run"
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                     "task": {"type": "worker", "index": index}}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "dim_tf.train", f"--dataset=folder:{image_tree}",
+             f"--model_dir={model_dir}", "--strategy=multi_worker", "--epochs=2", *TINY],
+            cwd=REPO_ROOT, env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    try:
+        outputs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out[-3000:]
+        assert "step 8/8" in out
+    # Only the chief (worker 0) leaves files; the other worker's scratch copy is gone.
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-8")
+    assert glob.glob(str(model_dir / "logs" / "train" / "events.out.tfevents*"))
+    assert not glob.glob(str(model_dir / ".worker_*"))
