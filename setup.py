@@ -20,6 +20,8 @@ setup(
         "importlib_resources",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+        # The gRPC client of `python -m dim_tf.embed`.
+        "serving": ["tensorflow-serving-api>=2.21,<2.22"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22"],
     },
 )

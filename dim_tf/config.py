@@ -112,6 +112,13 @@ class TrainConfig:
             raise ConfigError("--dataset is required: a TFDS name (cifar10) or folder:PATH.")
         if self.dataset.startswith(SAMPLE_PREFIX):
             _choice("dataset", self.dataset, tuple(SAMPLE_PREFIX + n for n in SAMPLES))
+
+    def check_paths(self) -> None:
+        """Raises ConfigError if the image folder, its split or --manual_dir is missing.
+
+        Separate from `validate` so a finished run's settings can be reloaded
+        (e.g. to export it) where its data is not present.
+        """
         folder = self.folder
         if folder is not None:
             if not folder:
@@ -130,6 +137,13 @@ class TrainConfig:
                 )
         if self.manual_dir is not None and not os.path.isdir(os.path.expanduser(self.manual_dir)):
             raise ConfigError(f"--manual_dir={self.manual_dir}: directory does not exist.")
+
+    @classmethod
+    def from_json(cls, text: str, **overrides) -> "TrainConfig":
+        """The config saved by `to_json` (unknown keys ignored), with overrides."""
+        values = {k: v for k, v in json.loads(text).items() if k in cls.__dataclass_fields__}
+        values.update(overrides)
+        return cls(**values)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -83,7 +83,9 @@ def config_from_flags() -> config_lib.TrainConfig:
     if values["model_dir"] is None:
         raise config_lib.ConfigError("--model_dir is required: the directory for checkpoints and logs.")
     values["estimator"] = values["estimator"].lower()
-    return config_lib.TrainConfig(**values)
+    config = config_lib.TrainConfig(**values)
+    config.check_paths()
+    return config
 
 
 def _flags_text() -> str:

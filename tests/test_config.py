@@ -38,4 +38,11 @@ def test_defaults_are_the_papers_dim_l(tmp_path):
 )
 def test_each_invalid_value_names_its_flag(tmp_path, overrides, flag):
     with pytest.raises(config_lib.ConfigError, match=flag):
-        config_lib.TrainConfig(model_dir=str(tmp_path), **overrides)
+        config_lib.TrainConfig(model_dir=str(tmp_path), **overrides).check_paths()
+
+
+def test_json_round_trip(tmp_path):
+    config = config_lib.TrainConfig(model_dir=str(tmp_path), estimator="nce", epochs=3)
+    assert config_lib.TrainConfig.from_json(config.to_json()) == config
+    moved = config_lib.TrainConfig.from_json(config.to_json(), model_dir="elsewhere")
+    assert moved.model_dir == "elsewhere" and moved.estimator == "nce"

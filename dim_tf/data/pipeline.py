@@ -128,10 +128,12 @@ def _offline_help(name, builder, data_dir, reason) -> str:
     )
 
 
-def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
-    """uint8 [H, W, channels] from JPEG/PNG/BMP/GIF bytes, whatever the file's own
-    channels (gray, gray+alpha, RGB, RGBA): alpha is dropped, colour converted."""
-    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
+def convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """uint8 [..., c] with c in 1..4 (gray, gray+alpha, RGB, RGBA) -> [..., channels].
+
+    Alpha is dropped; colour is converted (ITU-R 601 luma for RGB -> gray).
+    Shared by the training pipeline and the exported serving signature.
+    """
     is_color = tf.shape(image)[-1] >= 3
     if channels == 3:
         image = tf.cond(is_color, lambda: image[..., :3],
@@ -139,7 +141,26 @@ def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
     else:
         image = tf.cond(is_color, lambda: tf.image.rgb_to_grayscale(image[..., :3]),
                         lambda: image[..., :1])
-    return tf.ensure_shape(image, [None, None, channels])
+    return image
+
+
+def resize_to(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> uint8 [..., size, size, C]: antialiased bilinear resize,
+    skipped when the image already has that size. Shared with serving."""
+    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
+    return tf.cond(
+        tf.logical_and(tf.equal(height, size), tf.equal(width, size)),
+        lambda: image,
+        lambda: tf.cast(tf.clip_by_value(
+            tf.image.resize(image, [size, size], antialias=True), 0, 255), tf.uint8),
+    )
+
+
+def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+    """uint8 [H, W, channels] from JPEG/PNG/BMP/GIF bytes, whatever the file's own
+    channels (gray, gray+alpha, RGB, RGBA)."""
+    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(convert_channels(image, channels), [None, None, channels])
 
 
 def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
@@ -173,12 +194,7 @@ def preprocess(
         )
         image = tf.image.stateless_random_crop(image, [size, size, channels], seed=seed)
     else:
-        image = tf.cond(
-            tf.logical_and(tf.equal(height, size), tf.equal(width, size)),
-            lambda: image,
-            lambda: tf.cast(tf.clip_by_value(
-                tf.image.resize(image, [size, size], antialias=True), 0, 255), tf.uint8),
-        )
+        image = resize_to(image, size)
     image = tf.ensure_shape(image, [size, size, channels])
     if random_flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)

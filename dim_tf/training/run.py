@@ -185,6 +185,7 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
         ConfigError, pipeline.DataError: before any training, for bad settings or data.
         TrainingError: the loss became NaN/Inf; the last checkpoint is kept.
     """
+    config.check_paths()
     if config.mixed_precision:
         keras.config.set_dtype_policy("mixed_bfloat16")
     keras.utils.set_random_seed(config.seed)
@@ -250,9 +251,10 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
 
     export_path = None
     if config.export_dir and chief:
-        from dim_tf.serving.export import export_encoder  # export follows training
+        from dim_tf.serving.export import export_encoder, run_assets  # export follows training
 
-        export_path = export_encoder(model.encoder, config.export_dir)
+        export_path = export_encoder(model.encoder, config.export_dir,
+                                     extra_assets=run_assets(config.model_dir, end_step))
     trained = end_step - start_step
     result = TrainResult(
         model_dir=config.model_dir, total_steps=total_steps, start_step=start_step,
