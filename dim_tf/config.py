@@ -25,6 +25,15 @@ SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "
 SAMPLES = ("cifar10",)
 
 
+# Settings that define the model, the optimisers or the data order: a run resumed
+# in the same model_dir must keep them. The others (epochs, logging, paths, ...) may change.
+RUN_DEFINING_FIELDS = (
+    "encoder", "channels", "y_units", "estimator", "alpha", "beta", "gamma", "mi_units",
+    "local_critic", "negatives", "batch_size", "learning_rate", "seed", "mixed_precision",
+    "random_crop", "random_flip", "shuffle_buffer", "train_split",
+)
+
+
 class ConfigError(ValueError):
     """A setting is invalid; the message names the flag and what is allowed."""
 
@@ -144,6 +153,11 @@ class TrainConfig:
         values = {k: v for k, v in json.loads(text).items() if k in cls.__dataclass_fields__}
         values.update(overrides)
         return cls(**values)
+
+    def resume_conflicts(self, saved: "TrainConfig") -> list[str]:
+        """Run-defining settings that differ from those a run was started with."""
+        return [f"--{name}: run has {getattr(saved, name)!r}, now {getattr(self, name)!r}"
+                for name in RUN_DEFINING_FIELDS if getattr(saved, name) != getattr(self, name)]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -111,6 +111,10 @@ def test_flagfile_with_override_and_end_to_end_run(tmp_path, image_tree):
     assert {"loss/local", "mi/local", "prior/disc_accuracy", "optimizer/learning_rate",
             "speed/images_per_second", "epoch_loss/local"} <= tags
     assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
+    # Resuming with other run-defining settings is refused, naming them.
+    changed = run_train(f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--mi_units=32")
+    assert changed.returncode == 2
+    assert "--mi_units: run has 16, now 32" in changed.stderr
     # Rerunning a finished run trains nothing.
     again = run_train(f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--epochs=2")
     assert again.returncode == 0

@@ -134,6 +134,22 @@ class _ScalarLogger(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def _check_resumable(config: TrainConfig) -> None:
+    """Refuses to continue a run in model_dir with different run-defining settings."""
+    saved_path = os.path.join(config.model_dir, "config.json")
+    if not os.path.exists(saved_path):
+        return
+    with open(saved_path, encoding="utf-8") as f:
+        saved = TrainConfig.from_json(f.read(), model_dir=config.model_dir)
+    conflicts = config.resume_conflicts(saved)
+    if conflicts:
+        raise ConfigError(
+            f"--model_dir={config.model_dir} holds a run with other settings, which this run would "
+            "resume from:\n  " + "\n  ".join(conflicts) + "\nUse a new --model_dir, or the run's "
+            "own settings (its flags.txt works as a --flagfile)."
+        )
+
+
 def _prepare_source(config: TrainConfig) -> pipeline.ImageSource:
     source = pipeline.load_source(config.dataset, config.train_split, config.data_dir,
                                   config.manual_dir, config.download)
@@ -206,6 +222,7 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
     total_steps = config.epochs * steps_per_epoch
 
     chief = is_chief(strategy)
+    _check_resumable(config)
     os.makedirs(config.model_dir, exist_ok=True)
     checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
     with strategy.scope():
