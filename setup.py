@@ -18,6 +18,9 @@ setup(
         # tensorflow-datasets needs it on Python 3.11 but does not declare it
         # (tensorflow/datasets#11212).
         "importlib_resources",
+        # Evaluation reports: plots and the t-SNE embedding.
+        "matplotlib>=3.8",
+        "scikit-learn>=1.4",
     ],
     extras_require={
         # The gRPC client of `python -m dim_tf.embed`.
