@@ -30,7 +30,7 @@ SAMPLES = ("cifar10",)
 RUN_DEFINING_FIELDS = (
     "encoder", "channels", "y_units", "estimator", "alpha", "beta", "gamma", "mi_units",
     "local_critic", "negatives", "batch_size", "learning_rate", "seed", "mixed_precision",
-    "random_crop", "random_flip", "shuffle_buffer", "train_split",
+    "random_crop", "random_flip", "shuffle_buffer", "train_split", "monitor",
 )
 
 
@@ -68,6 +68,7 @@ class TrainConfig:
     random_crop: bool = False
     random_flip: bool = False
     skip_corrupt: bool = False
+    monitor: bool = True
     shuffle_buffer: int = 10_000
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -161,6 +162,79 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+PROBES = ("classifier", "linear", "knn")
+FEATURE_LAYERS = ("conv", "fc", "y")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Everything that defines an evaluation (see `python -m dim_tf.evaluate --help`).
+
+    Exactly one of `model_dir` (a training run: its newest checkpoint) or
+    `saved_model` (an exported version directory) names the encoder.
+    """
+
+    model_dir: str | None = None
+    saved_model: str | None = None
+    report_dir: str | None = None
+    dataset: str | None = None
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    download: bool = False
+    train_split: str = "train"
+    test_split: str = "test"
+    layers: tuple[str, ...] = FEATURE_LAYERS
+    probes: tuple[str, ...] = PROBES
+    probe_epochs: int = 20
+    probe_batch_size: int = 64
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    diagnostics: bool = True
+    diagnostic_steps: int = 1000
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+    batch_size: int = 256
+    random_init: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.model_dir is None) == (self.saved_model is None):
+            raise ConfigError("Give exactly one of --model_dir (a training run) or --saved_model "
+                              "(an exported version directory).")
+        if self.saved_model is not None and self.random_init:
+            raise ConfigError("--random_init needs --model_dir (the architecture comes from the run).")
+        if self.saved_model is not None and not self.dataset:
+            raise ConfigError("--saved_model needs --dataset (a run's dataset is only known "
+                              "with --model_dir).")
+        if self.report_dir is None and self.model_dir is None:
+            raise ConfigError("--report_dir is required with --saved_model.")
+        for layer in self.layers:
+            _choice("layers", layer, FEATURE_LAYERS)
+        for probe in self.probes:
+            _choice("probes", probe, PROBES)
+        for name in ("probe_epochs", "probe_batch_size", "knn_k", "diagnostic_steps", "batch_size"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("max_train_examples", "max_test_examples"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 2)
+        if not (math.isfinite(self.knn_temperature) and self.knn_temperature > 0):
+            raise ConfigError(f"--knn_temperature must be > 0; got {self.knn_temperature!r}.")
+        if self.model_dir is not None and not os.path.exists(os.path.join(self.model_dir, "config.json")):
+            raise ConfigError(f"--model_dir={self.model_dir}: no config.json; expected a directory "
+                              "written by `python -m dim_tf.train`.")
+        if self.saved_model is not None and not os.path.exists(
+                os.path.join(self.saved_model, "saved_model.pb")):
+            raise ConfigError(f"--saved_model={self.saved_model}: no saved_model.pb; pass a version "
+                              "directory such as saved_models/NAME/1.")
+
+    def resolved_report_dir(self) -> str:
+        suffix = "evaluation_random_init" if self.random_init else "evaluation"
+        return self.report_dir or os.path.join(self.model_dir, suffix)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def image_folder_root(dataset: str) -> str | None:

@@ -65,6 +65,9 @@ flags.DEFINE_bool("random_crop", _default("random_crop"), "Random crops to the e
 flags.DEFINE_bool("random_flip", _default("random_flip"), "Random horizontal flips.")
 flags.DEFINE_bool("skip_corrupt", _default("skip_corrupt"),
                   "Skip image files that do not decode (they are listed in the log).")
+flags.DEFINE_bool("monitor", _default("monitor"),
+                  "Train the paper's classifier on frozen conv/fc/y features alongside DIM and log "
+                  "its accuracy (labelled datasets only; labels never reach the encoder).")
 flags.DEFINE_integer("shuffle_buffer", _default("shuffle_buffer"), "Shuffle buffer (images).")
 flags.DEFINE_integer("checkpoint_every", _default("checkpoint_every"),
                      "Save a checkpoint every this many steps (and at every epoch end).")

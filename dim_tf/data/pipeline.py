@@ -278,6 +278,21 @@ def training_dataset(
     return first.concatenate(rest).batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def evaluation_dataset(
+    source: ImageSource, *, batch_size: int, image_size: int, channels: int,
+    limit: int | None = None,
+) -> tf.data.Dataset:
+    """(images in [-1, 1], labels) batches of `source` in a fixed order, resized to
+    the encoder's size, no augmentation. `limit` keeps the first images only."""
+    records = source.records if limit is None else source.records.take(limit)
+
+    def decode(record):
+        return preprocess(decode_image(record["image"], channels), image_size), record["label"]
+
+    return (records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
 def _block_shuffle(records: tf.data.Dataset, block: int, seed: tf.Tensor) -> tf.data.Dataset:
     """Shuffles each consecutive block of `block` records by stateless random keys.
 

@@ -166,3 +166,19 @@ def build_prior_discriminator(code_units: int = 64) -> keras.Model:
     h = layers.Dense(200, activation="relu", kernel_initializer=init(), dtype="float32", name="fc2")(h)
     logits = layers.Dense(1, kernel_initializer=init(), dtype="float32", name="logit")(h)
     return keras.Model(codes, logits, name="prior_discriminator")
+
+
+def build_paper_classifier(num_classes: int, sync_batch_norm: bool = False,
+                           name: str = "paper_classifier") -> keras.Model:
+    """The paper's frozen-feature classifier (sec. 4.1): flatten -> linear 200 ->
+    dropout 0.1 -> BN -> ReLU -> linear(classes), logits out. Used by the
+    evaluation probes and by the online monitor during training."""
+    init = pytorch_default_initializer
+    return keras.Sequential([
+        layers.Flatten(),
+        layers.Dense(200, kernel_initializer=init()),
+        layers.Dropout(0.1),
+        layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync_batch_norm),
+        layers.ReLU(),
+        layers.Dense(num_classes, kernel_initializer=init(), dtype="float32"),
+    ], name=name)

@@ -25,6 +25,8 @@ def training_checkpoint(model) -> tf.train.Checkpoint:
     parts = {"model": model, "encoder_optimizer": model.optimizer}
     if model.prior_optimizer is not None:
         parts["prior_optimizer"] = model.prior_optimizer
+    if model.monitor_optimizer is not None:
+        parts["monitor_optimizer"] = model.monitor_optimizer
     return tf.train.Checkpoint(**parts)
 
 

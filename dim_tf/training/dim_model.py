@@ -35,6 +35,7 @@ from dim_tf.models.heads import (
     ConcatAndConvolveCritic,
     GlobalCritic,
     MIProjection,
+    build_paper_classifier,
     build_prior_discriminator,
 )
 from dim_tf.objectives import prior as prior_lib
@@ -50,13 +51,14 @@ def default_optimizer(learning_rate: float = 1e-4) -> keras.optimizers.Optimizer
     return keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
 
 
-def _images_of(data):
-    """Images from a batch given as images, (images, labels[, ...]) or {"image": ...}."""
+def _images_and_labels(data):
+    """(images, labels or None) from a batch given as images, (images, labels[, ...])
+    or {"image": ..., "label": ...}. Labels only ever feed the online monitor."""
     if isinstance(data, dict):
-        return data["image"]
+        return data["image"], data.get("label")
     if isinstance(data, (tuple, list)):
-        return data[0]
-    return data
+        return data[0], (data[1] if len(data) > 1 else None)
+    return data, None
 
 
 def _is_multi_worker() -> bool:
@@ -86,6 +88,11 @@ class DeepInfoMax(keras.Model):
         sync_batch_norm: synchronise the MI heads' batch-norm statistics across
             replicas (build the encoder with the same setting).
         seed: seed of the prior samples.
+        monitor_classes: if set, train the paper's classifier on stop-gradient
+            features of `monitor_layers` alongside DIM (its own optimiser), on the
+            batches' labels (label < 0 = unlabelled, ignored), as the reference
+            code's online monitor; no gradient of it reaches the encoder.
+        monitor_layers: encoder outputs the online monitor probes.
     """
 
     def __init__(
@@ -103,6 +110,8 @@ class DeepInfoMax(keras.Model):
         gradient_penalty_weight: float = 1.0,
         sync_batch_norm: bool = True,
         seed: int = 0,
+        monitor_classes: int | None = None,
+        monitor_layers: tuple[str, ...] = ("conv", "fc", "y"),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -142,7 +151,15 @@ class DeepInfoMax(keras.Model):
         self.prior_discriminator = (
             build_prior_discriminator(self.y_units) if self.gamma > 0 else None
         )
+        self.monitors = {}
+        if monitor_classes is not None:
+            if int(monitor_classes) < 2:
+                raise ValueError(f"monitor_classes must be >= 2; got {monitor_classes!r}.")
+            self.monitors = {layer: build_paper_classifier(int(monitor_classes), sync_batch_norm,
+                                                           name=f"monitor_{layer}")
+                             for layer in monitor_layers}
         self.prior_optimizer = None
+        self.monitor_optimizer = None
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self._metric_names()}
         self._build_by_tracing()
 
@@ -157,6 +174,7 @@ class DeepInfoMax(keras.Model):
         if self.gamma > 0:
             names += ["prior_loss", "prior_disc_loss", "prior_gradient_penalty",
                       "prior_disc_accuracy"]
+        names += [f"monitor_{layer}_accuracy" for layer in self.monitors]
         return names
 
     def _build_by_tracing(self) -> None:
@@ -166,6 +184,8 @@ class DeepInfoMax(keras.Model):
         images = tf.zeros((self.negative_group_size or 2,) + tuple(image_shape))
         features = self.encoder(images, training=False)
         self._encoder_side_terms(features, training=False)
+        for layer, monitor in self.monitors.items():
+            monitor(features[layer], training=False)
         if self.prior_discriminator is not None:
             self.prior_discriminator(tf.zeros((2, self.y_units)))
         self.built = True
@@ -178,6 +198,11 @@ class DeepInfoMax(keras.Model):
         return [v for part in parts if part is not None for v in part.trainable_variables]
 
     @property
+    def monitor_variables(self) -> list:
+        """Trainable variables of the online monitor's classifiers (their own optimiser)."""
+        return [v for m in self.monitors.values() for v in m.trainable_variables]
+
+    @property
     def prior_variables(self) -> list:
         """Trainable variables of the prior discriminator (its own optimiser)."""
         return [] if self.prior_discriminator is None else list(self.prior_discriminator.trainable_variables)
@@ -186,6 +211,7 @@ class DeepInfoMax(keras.Model):
         self,
         encoder_optimizer: keras.optimizers.Optimizer | None = None,
         prior_optimizer: keras.optimizers.Optimizer | None = None,
+        monitor_optimizer: keras.optimizers.Optimizer | None = None,
         **kwargs,
     ) -> None:
         """Sets both optimisers (default: the paper's Adam) and builds their slots.
@@ -199,6 +225,9 @@ class DeepInfoMax(keras.Model):
         if self.prior_discriminator is not None:
             self.prior_optimizer = prior_optimizer or default_optimizer()
             self.prior_optimizer.build(self.prior_variables)
+        if self.monitors:
+            self.monitor_optimizer = monitor_optimizer or default_optimizer()
+            self.monitor_optimizer.build(self.monitor_variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """No-op: every variable already exists (`_build_by_tracing`). Keras' version
@@ -249,7 +278,8 @@ class DeepInfoMax(keras.Model):
         return samples[offset: offset + batch_size]
 
     def _step_terms(self, images, training: bool):
-        """Forward pass: (encoder-side per-example loss, D's per-example loss, terms)."""
+        """Forward pass: (encoder-side per-example loss, D's per-example loss, terms,
+        features)."""
         features = self.encoder(images, training=training)
         terms = self._encoder_side_terms(features, training)
         encoder_loss = 0.0
@@ -272,7 +302,24 @@ class DeepInfoMax(keras.Model):
             terms["prior_disc_accuracy"] = disc.accuracy
             prior_loss = disc.loss + self.gradient_penalty_weight * disc.gradient_penalty
         terms["loss"] = encoder_loss
-        return encoder_loss, prior_loss, terms
+        return encoder_loss, prior_loss, terms, features
+
+    def _monitor_terms(self, features: dict, labels, training: bool):
+        """Per-example masked cross-entropy of the monitors and their accuracy terms.
+
+        Features are cut from the encoder (stop-gradient): the monitor watches the
+        representation and must not shape it.
+        """
+        labels = tf.cast(labels, tf.int64)
+        labelled = tf.cast(labels >= 0, tf.float32)
+        safe_labels = tf.maximum(labels, 0)
+        loss, terms = 0.0, {}
+        for layer, monitor in self.monitors.items():
+            logits = monitor(tf.stop_gradient(features[layer]), training=training)
+            loss += labelled * tf.nn.sparse_softmax_cross_entropy_with_logits(safe_labels, logits)
+            terms[f"monitor_{layer}_accuracy"] = tf.cast(
+                tf.equal(tf.argmax(logits, -1), safe_labels), tf.float32)
+        return loss, terms, labelled
 
     @staticmethod
     def _global_mean(per_example: tf.Tensor) -> tf.Tensor:
@@ -280,9 +327,10 @@ class DeepInfoMax(keras.Model):
         _, global_size = scores_lib.replica_layout(tf.shape(per_example)[0])
         return tf.reduce_sum(per_example) / tf.cast(global_size, per_example.dtype)
 
-    def _logs(self, terms: dict) -> dict:
+    def _logs(self, terms: dict, weights: dict | None = None) -> dict:
         for name, tracker in self._trackers.items():
-            tracker.update_state(terms[name])
+            if name in terms:
+                tracker.update_state(terms[name], sample_weight=(weights or {}).get(name))
         # Keras 3.15's fit reduces logs along axis 0 under MultiWorkerMirroredStrategy
         # (keras-team/keras#20585): give it rank-1 values there.
         reshape = (lambda x: tf.reshape(x, [1])) if _is_multi_worker() else (lambda x: x)
@@ -291,9 +339,10 @@ class DeepInfoMax(keras.Model):
     # ------------------------------------------------------------ the steps
 
     def train_step(self, data):
-        images = _images_of(data)
+        images, labels = _images_and_labels(data)
         with tf.GradientTape() as encoder_tape, tf.GradientTape() as prior_tape:
-            encoder_per_example, prior_per_example, terms = self._step_terms(images, training=True)
+            encoder_per_example, prior_per_example, terms, features = self._step_terms(
+                images, training=True)
             encoder_loss = tf.debugging.check_numerics(
                 self._global_mean(encoder_per_example),
                 "DIM encoder-side loss is NaN or Inf (lower the learning rate or check "
@@ -311,9 +360,25 @@ class DeepInfoMax(keras.Model):
             prior_grads = prior_tape.gradient(prior_loss, prior_vars)
             self.prior_optimizer.apply_gradients(zip(prior_grads, prior_vars))
         self.optimizer.apply_gradients(zip(encoder_grads, encoder_vars))
-        return self._logs(terms)
+        weights = {}
+        if self.monitors and labels is not None:
+            with tf.GradientTape() as monitor_tape:
+                monitor_loss, monitor_terms, labelled = self._monitor_terms(features, labels, True)
+                monitor_loss = self._global_mean(monitor_loss)
+            monitor_vars = self.monitor_variables
+            self.monitor_optimizer.apply_gradients(
+                zip(monitor_tape.gradient(monitor_loss, monitor_vars), monitor_vars))
+            terms.update(monitor_terms)
+            weights = {name: labelled for name in monitor_terms}
+        return self._logs(terms, weights)
 
     def test_step(self, data):
-        _, _, terms = self._step_terms(_images_of(data), training=False)
-        return self._logs(terms)
+        images, labels = _images_and_labels(data)
+        _, _, terms, features = self._step_terms(images, training=False)
+        weights = {}
+        if self.monitors and labels is not None:
+            _, monitor_terms, labelled = self._monitor_terms(features, labels, False)
+            terms.update(monitor_terms)
+            weights = {name: labelled for name in monitor_terms}
+        return self._logs(terms, weights)
 

@@ -63,6 +63,8 @@ def _global_step(model) -> int:
 
 
 def _metric_tag(name: str) -> str:
+    if name.startswith("monitor_"):
+        return f"monitor/{name[8:]}"
     if name.endswith("_mi"):
         return f"mi/{name[:-3]}"
     if name.startswith("prior_"):
@@ -177,13 +179,17 @@ def _prepare_source(config: TrainConfig) -> pipeline.ImageSource:
     return source
 
 
-def build_model(config: TrainConfig) -> DeepInfoMax:
-    """The compiled DeepInfoMax model of `config` (call inside the strategy's scope)."""
+def build_model(config: TrainConfig, monitor_classes: int | None = None) -> DeepInfoMax:
+    """The compiled DeepInfoMax model of `config` (call inside the strategy's scope).
+
+    `monitor_classes` switches the online monitor on (labelled data, config.monitor).
+    """
     encoder = build_encoder(config.encoder, channels=config.channels, y_units=config.y_units)
     model = DeepInfoMax(
         encoder, estimator=config.estimator, alpha=config.alpha, beta=config.beta,
         gamma=config.gamma, mi_units=config.mi_units, local_critic=config.local_critic,
         negatives=config.negatives, seed=config.seed,
+        monitor_classes=monitor_classes if config.monitor else None,
     )
     model.compile(default_optimizer(config.learning_rate), default_optimizer(config.learning_rate))
     return model
@@ -225,8 +231,9 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
     _check_resumable(config)
     os.makedirs(config.model_dir, exist_ok=True)
     checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+    monitor_classes = len(source.label_names) if len(source.label_names) >= 2 else None
     with strategy.scope():
-        model = build_model(config)
+        model = build_model(config, monitor_classes)
     checkpoint = training_checkpoint(model)
     # Every worker restores the chief's checkpoint; non-chief workers must take
     # part in saving too, but into a scratch directory that is then discarded.

@@ -28,7 +28,7 @@ def test_discriminator_loss_has_no_gradient_into_the_encoder():
     model.compile()
     images = tf.constant(disc_images(8))
     with tf.GradientTape(persistent=True) as tape:
-        encoder_loss, prior_loss, _ = model._step_terms(images, training=True)
+        encoder_loss, prior_loss, _, _ = model._step_terms(images, training=True)
         encoder_loss, prior_loss = tf.reduce_mean(encoder_loss), tf.reduce_mean(prior_loss)
     to_encoder = tape.gradient(prior_loss, model.encoder_side_variables)
     assert all(g is None or not np.any(g.numpy()) for g in to_encoder)
@@ -161,3 +161,27 @@ def test_mixed_bfloat16_keeps_scores_and_losses_in_float32():
         assert all(np.isfinite(v[-1]) for v in logs.values())
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def test_online_monitor_learns_without_touching_the_encoder():
+    """The monitor trains on labels from stop-gradient features: its loss has no
+    gradient into the encoder side, and with the DIM optimisers frozen the
+    encoder's weights stay exactly as they were while the monitor learns."""
+    images = disc_images(32)
+    labels = (images[:, 16, 16, 0] > 0).astype(np.int64)  # a label readable from the image
+    labels[::8] = -1  # some unlabelled images: ignored
+    model = _model(monitor_classes=2, monitor_layers=("fc", "y"))
+    model.compile(keras.optimizers.SGD(0.0), keras.optimizers.SGD(0.0), keras.optimizers.Adam(1e-2))
+    features = model.encoder(tf.constant(images), training=False)
+    with tf.GradientTape() as tape:
+        loss, _, _ = model._monitor_terms(features, tf.constant(labels), training=True)
+        loss = tf.reduce_mean(loss)
+    grads = tape.gradient(loss, model.encoder_side_variables + model.prior_variables)
+    assert all(g is None for g in grads)
+    before = _values(model.encoder_side_variables + model.prior_variables)
+    monitor_before = _values(model.monitor_variables)
+    history = model.fit(images, labels, batch_size=16, epochs=10, verbose=0).history
+    assert not any(_changed(before, model.encoder_side_variables + model.prior_variables))
+    assert all(_changed(monitor_before, model.monitor_variables))
+    assert history["monitor_y_accuracy"][-1] > history["monitor_y_accuracy"][0]
+    assert history["monitor_fc_accuracy"][-1] > 0.8
