@@ -44,7 +44,8 @@ def encode_dataset(encode: EncodeFn, dataset: tf.data.Dataset, layers: tuple[str
                                        for k, v in encode(images).items() if k in layers})
     collected: dict[str, list] = {layer: [] for layer in layers}
     labels, images_uint8 = [], []
-    bar = keras.utils.Progbar(None, unit_name="batch") if progress else None
+    batches = int(dataset.cardinality())
+    bar = keras.utils.Progbar(batches if batches >= 0 else None, unit_name="batch") if progress else None
     for images, batch_labels in dataset:
         outputs = step(images)
         for layer in layers:
