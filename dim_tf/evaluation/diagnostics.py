@@ -47,6 +47,9 @@ SMALL_IMAGE_SCALES = 3
 SMALL_IMAGE_FILTER_SIZE = 3
 DECODER_IMAGE_SIZES = (32, 64)
 
+# MINE critic temperature: scores = cos / t, so estimates are at most 2 / t = 20 nats.
+MINE_TEMPERATURE = 0.1
+
 # NDM: the held-out product of marginals is sampled by this many independent
 # per-dimension shuffles of the whole test split.
 _NDM_TEST_SHUFFLES = 10
@@ -151,7 +154,7 @@ def mine_estimate(
 ) -> float:
     """MINE-style Donsker-Varadhan lower bound on I(X; Y) in nats (Belghazi et al. 2018).
 
-    The critic is separable, T(x, y) = f(x) . g(y): f is a small conv net on the
+    The critic is separable and bounded, T(x, y) = cos(f(x), g(y)) / 0.1: f is a small conv net on the
     image (conv 3x3 stride 2 64 -> ReLU -> conv 3x3 stride 2 128 -> ReLU ->
     flatten -> dense 256) and g an MLP on the code (dense 256 -> ReLU ->
     dense 256), so one batch of n pairs gives all n x n scores
@@ -168,9 +171,9 @@ def mine_estimate(
     keep the estimate from rewarding a critic that memorised the training set.
 
     Codes are standardised per dimension with the training split's statistics
-    (MI is invariant to it). The DV bound is not capped by the batch size (as
-    infoNCE's log n is): when Y is a deterministic function of X the true
-    I(X; Y) is infinite and the estimate keeps growing with training, so
+    (MI is invariant to it). When Y is a deterministic function of X the true
+    I(X; Y) is infinite and an unbounded critic's estimate keeps growing with
+    training; the bounded critic caps it at 2 / MINE_TEMPERATURE = 20 nats, so
     compare runs with the same `steps`, `batch_size` and data. A critic that
     overfits the training pairs can make the held-out estimate slightly
     negative when X and Y are independent.
@@ -215,8 +218,14 @@ def mine_estimate(
 
     def dv(images, codes, training):
         # scores[i, j] = T(image_j, code_i): rows are codes, candidates images.
-        scores = tf.matmul(code_net(codes, training=training),
-                           image_net(images, training=training), transpose_b=True)
+        # A bounded critic: cosine similarity / MINE_TEMPERATURE lies in [-1/t, 1/t],
+        # so the estimate is at most 2/t nats. Unbounded dot products let the DV
+        # estimate of a deterministic encoder (whose true I(X; Y) is infinite) grow
+        # without limit with training (hundreds of thousands of nats), which
+        # compares nothing.
+        scores = tf.matmul(tf.math.l2_normalize(code_net(codes, training=training), -1),
+                           tf.math.l2_normalize(image_net(images, training=training), -1),
+                           transpose_b=True) / MINE_TEMPERATURE
         return per_example_mi(scores[:, :, tf.newaxis], tf.range(tf.shape(scores)[0]), "dv")
 
     @tf.function(jit_compile=False)

@@ -61,9 +61,9 @@ _DIAGNOSTIC_NOTES = {
     "ndm": "Neural dependency measure: DV estimate of the KL divergence between y and y with each "
            "dimension shuffled across the batch; lower = more independent factors.",
     "mine_nats": "MINE (Donsker-Varadhan) lower bound on I(X; Y) between an image and its "
-                 "global code, in nats, reached by a critic trained for --diagnostic_steps; a "
-                 "deterministic encoder has infinite I(X; Y), so the value is unbounded and "
-                 "comparable only between runs with the same settings.",
+                 "global code, in nats, from a bounded critic (at most 20 nats) trained for "
+                 "--diagnostic_steps; higher = the code keeps more about the image; compare "
+                 "runs with the same settings.",
     "ms_ssim": "Multi-scale SSIM (0 to 1) between test images and their reconstructions by a "
                "decoder trained on the frozen y; higher = more of the image is recoverable.",
 }
