@@ -111,13 +111,15 @@ def main(argv: list[str]) -> None:
 
     # Heavy imports only once the settings are known to be valid.
     from dim_tf.data.pipeline import DataError
-    from dim_tf.training.run import TrainingError, train
+    from dim_tf.training.run import Preempted, TrainingError, train
 
     os.makedirs(config.model_dir, exist_ok=True)
     try:
         result = train(config, extra_files={"flags.txt": _flags_text()})
     except (config_lib.ConfigError, DataError) as error:
         _fail(str(error), 2)
+    except Preempted as error:
+        _fail(str(error), 128 + 15)  # the conventional status of a SIGTERM-ended process
     except TrainingError as error:
         _fail(str(error), 1)
     speed = f", {result.images_per_second:.1f} images/s" if result.images_per_second else ""

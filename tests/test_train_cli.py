@@ -184,3 +184,29 @@ def test_two_workers_on_localhost(tmp_path, image_tree):
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-8")
     assert glob.glob(str(model_dir / "logs" / "train" / "events.out.tfevents*"))
     assert not glob.glob(str(model_dir / ".worker_*"))
+
+
+def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path, image_tree):
+    args = [f"--dataset=folder:{image_tree}", "--epochs=50", "--checkpoint_every=3",
+            f"--model_dir={tmp_path / 'run'}", *TINY]
+    process = subprocess.Popen([sys.executable, "-m", "dim_tf.train", *args], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if glob.glob(str(checkpoints / "ckpt-*.index")):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before the signal"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Stopped by SIGTERM at step" in stderr and "Rerun the same command" in stderr
+    stopped_at = int(stderr.split("Stopped by SIGTERM at step ")[1].split()[0])
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith(f"ckpt-{stopped_at}")
+    assert 0 < stopped_at < 200
+
+    finished = run_train(*args)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["start_step"] == stopped_at and summary["end_step"] == 200

@@ -19,6 +19,8 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 
 import keras
@@ -35,6 +37,10 @@ from dim_tf.training.strategy import is_chief, make_strategy, worker_id
 
 class TrainingError(RuntimeError):
     """Training stopped; the message says why and what was kept."""
+
+
+class Preempted(TrainingError):
+    """SIGTERM arrived (e.g. a preemption notice); a checkpoint was saved first."""
 
 
 @dataclasses.dataclass
@@ -91,6 +97,32 @@ class _CheckpointEvery(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._save()
+
+
+class _StopOnSigterm(keras.callbacks.Callback):
+    """On SIGTERM, finishes the current step and stops; the epoch-end checkpoint
+    (`_CheckpointEvery`) then saves exactly that step."""
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        self._previous = None
+
+    def on_train_begin(self, logs=None):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 class _ScalarLogger(keras.callbacks.Callback):
@@ -253,13 +285,21 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
     tick = time.perf_counter()
     logger = _ScalarLogger(os.path.join(config.model_dir, "logs", "train") if chief else None,
                            config.log_every, config.batch_size)
-    callbacks = [_CheckpointEvery(manager, config.checkpoint_every), logger]
+    # The stop callback runs before the checkpoint callback, so the stop request
+    # of a step is seen before that epoch's final save.
+    stopper = _StopOnSigterm()
+    callbacks = [stopper, _CheckpointEvery(manager, config.checkpoint_every), logger]
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Workers receive signals independently and would stop at different steps,
+        # deadlocking the collectives: rely on resuming from the last checkpoint.
+        callbacks.remove(stopper)
     logs = {}
     if start_step >= total_steps:
         logging.info("Run in %s already finished (%d steps): nothing to train.", config.model_dir, start_step)
     else:
         try:
-            logs = _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks)
+            logs = _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks,
+                             stop=lambda: stopper.requested)
         except tf.errors.InvalidArgumentError as error:
             if "NaN or Inf" not in str(error):
                 raise
@@ -270,6 +310,11 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
             ) from error
     seconds = time.perf_counter() - tick
     end_step = _global_step(model)
+    if stopper.requested:
+        raise Preempted(
+            f"Stopped by SIGTERM at step {end_step} of {total_steps}; checkpoint "
+            f"{manager.latest_checkpoint} holds it. Rerun the same command to resume."
+        )
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -293,8 +338,10 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
     return result
 
 
-def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks) -> dict:
-    """Runs model.fit from `start_step` to the end, finishing a partial epoch first."""
+def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks,
+              stop=lambda: False) -> dict:
+    """Runs model.fit from `start_step` to the end, finishing a partial epoch first
+    (unless `stop()` became true in it)."""
 
     def dataset_from(step):
         def fn(context):
@@ -314,7 +361,7 @@ def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, call
                             steps_per_epoch=steps_per_epoch - offset, callbacks=callbacks,
                             verbose=config.verbose, shuffle=False).history
         epoch += 1
-    if epoch < config.epochs:
+    if epoch < config.epochs and not stop():
         history = model.fit(dataset_from(epoch * steps_per_epoch), initial_epoch=epoch,
                             epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                             callbacks=callbacks, verbose=config.verbose, shuffle=False).history

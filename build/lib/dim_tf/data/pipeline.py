@@ -1,0 +1,317 @@
+"""Images for DIM: TFDS catalogue datasets or `tfds.ImageFolder` trees, as tf.data.
+
+Sources yield encoded images (decoding is ours, so 1- or 3-channel encoders get
+their channels from any grayscale, RGB or RGBA file), integer labels (carried
+for evaluation, never used by training) and a name per image for error
+messages. The training stream is deterministic from (seed, epoch, position):
+rerunning from a checkpoint at step k yields exactly the batches an
+uninterrupted run would have seen from step k on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from dim_tf.config import image_folder_root
+
+
+class DataError(ValueError):
+    """The data cannot be used as asked; the message says why and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """One split of a dataset, still encoded.
+
+    records: dataset of {"image": encoded bytes, "label": int64, "name": string}.
+    """
+
+    name: str
+    split: str
+    records: tf.data.Dataset
+    num_examples: int
+    label_names: tuple[str, ...]
+    corrupt: tuple[str, ...] = ()
+
+
+def load_source(
+    dataset: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    download: bool = False,
+) -> ImageSource:
+    """Opens `split` of a TFDS catalogue dataset or of an image folder (`folder:PATH`,
+    or `sample:cifar10` for the images shipped with the package).
+
+    A catalogue dataset is used as prepared in `data_dir`. If it is not prepared,
+    it is prepared from `manual_dir` (the original archives) if given, or
+    downloaded if `download` is set; otherwise this raises a DataError saying
+    how to provide the files offline. Splits may use TFDS syntax
+    ("train+unlabelled", "train[:10%]").
+    """
+    root = image_folder_root(dataset)
+    if root is not None:
+        return _folder_source(root, split)
+    return _catalogue_source(dataset, split, data_dir, manual_dir, download)
+
+
+def _folder_source(root: str, split: str) -> ImageSource:
+    if not os.path.isdir(root):
+        raise DataError(f"Image folder {root!r} does not exist (layout: PATH/<split>/<label>/*.jpg).")
+    builder = tfds.ImageFolder(root)
+    splits = builder.info.splits
+    if split not in splits:
+        raise DataError(f"Image folder {root!r} has no split {split!r}; it has: "
+                        f"{', '.join(sorted(splits.keys())) or 'none'}.")
+    records = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    ).map(lambda ex: {"image": ex["image"], "label": ex["label"], "name": ex["image/filename"]})
+    return ImageSource(
+        name=f"folder:{root}", split=split, records=records,
+        num_examples=splits[split].num_examples,
+        label_names=tuple(builder.info.features["label"].names),
+    )
+
+
+def _catalogue_source(name, split, data_dir, manual_dir, download) -> ImageSource:
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # tfds raises several types for unknown names
+        raise DataError(f"--dataset={name}: not a TFDS catalogue dataset ({error}). Use a "
+                        "catalogue name such as cifar10, or folder:PATH for your own images.") from error
+    if not builder.is_prepared():
+        if manual_dir or download:
+            config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+            try:
+                builder.download_and_prepare(download_config=config)
+            except Exception as error:
+                raise DataError(_offline_help(name, builder, data_dir, f"Preparing failed: {error}")) from error
+        else:
+            raise DataError(_offline_help(name, builder, data_dir, "It is not prepared there."))
+    features = builder.info.features
+    if "image" not in features:
+        raise DataError(f"--dataset={name} has no 'image' feature; features: {list(features)}.")
+    has_label = "label" in features
+    try:
+        num_examples = builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as error:
+        raise DataError(f"--dataset={name} has no split {split!r}; splits: "
+                        f"{', '.join(builder.info.splits.keys())}.") from error
+
+    def to_record(index, example):
+        label = example["label"] if has_label else tf.constant(-1, tf.int64)
+        return {"image": example["image"], "label": tf.cast(label, tf.int64),
+                "name": tf.strings.join([f"{name}/{split}#", tf.strings.as_string(index)])}
+
+    records = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    ).enumerate().map(to_record)
+    names = tuple(features["label"].names) if has_label and hasattr(features["label"], "names") else ()
+    return ImageSource(name=name, split=split, records=records, num_examples=num_examples,
+                       label_names=names)
+
+
+def _offline_help(name, builder, data_dir, reason) -> str:
+    where = data_dir or os.path.dirname(os.path.dirname(builder.data_dir))
+    return (
+        f"TFDS dataset {name!r} is not available in data_dir {where!r}. {reason} Downloads are "
+        "off (--download is not set); to provide the files offline: (1) put the original archive(s) in a "
+        "folder and pass --manual_dir=FOLDER; (2) run `tfds build "
+        f"{name} --data_dir=DIR` on a machine with network and copy DIR here (--data_dir=DIR); "
+        "or (3) use an image folder PATH/<split>/<label>/*.jpg with --dataset=folder:PATH. "
+        "Pass --download to let TFDS download it when a network is available."
+    )
+
+
+def convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """uint8 [..., c] with c in 1..4 (gray, gray+alpha, RGB, RGBA) -> [..., channels].
+
+    Alpha is dropped; colour is converted (ITU-R 601 luma for RGB -> gray).
+    Shared by the training pipeline and the exported serving signature.
+    """
+    is_color = tf.shape(image)[-1] >= 3
+    if channels == 3:
+        image = tf.cond(is_color, lambda: image[..., :3],
+                        lambda: tf.image.grayscale_to_rgb(image[..., :1]))
+    else:
+        image = tf.cond(is_color, lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+                        lambda: image[..., :1])
+    return image
+
+
+def resize_to(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> uint8 [..., size, size, C]: antialiased bilinear resize,
+    skipped when the image already has that size. Shared with serving."""
+    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
+    return tf.cond(
+        tf.logical_and(tf.equal(height, size), tf.equal(width, size)),
+        lambda: image,
+        lambda: tf.cast(tf.clip_by_value(
+            tf.image.resize(image, [size, size], antialias=True), 0, 255), tf.uint8),
+    )
+
+
+def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+    """uint8 [H, W, channels] from JPEG/PNG/BMP/GIF bytes, whatever the file's own
+    channels (gray, gray+alpha, RGB, RGBA)."""
+    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(convert_channels(image, channels), [None, None, channels])
+
+
+def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], the encoders' input range."""
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def preprocess(
+    image: tf.Tensor,
+    size: int,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    seed: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """uint8 image -> float32 [size, size, C] in [-1, 1].
+
+    Images of another size are resized (or, with `random_crop`, randomly cropped
+    to size x size, after resizing the short side to `size` if smaller).
+    Randomness is stateless, from `seed` (a [2] int tensor), so it is resumable.
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    channels = image.shape[-1]
+    if random_crop:
+        short = tf.minimum(height, width)
+        scale = tf.maximum(1.0, tf.cast(size, tf.float32) / tf.cast(short, tf.float32))
+        new_hw = tf.cast(tf.math.ceil(tf.cast(tf.stack([height, width]), tf.float32) * scale), tf.int32)
+        image = tf.cond(
+            scale > 1.0,
+            lambda: tf.cast(tf.image.resize(image, new_hw), tf.uint8),
+            lambda: image,
+        )
+        image = tf.image.stateless_random_crop(image, [size, size, channels], seed=seed)
+    else:
+        image = resize_to(image, size)
+    image = tf.ensure_shape(image, [size, size, channels])
+    if random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+    return scale_to_unit_range(image)
+
+
+def find_corrupt_images(source: ImageSource, channels: int) -> tuple[str, ...]:
+    """Names of the images of `source` that do not decode (one parallel pass)."""
+    all_names = [n.decode() for n in source.records.map(lambda r: r["name"]).as_numpy_iterator()]
+    decodable = (
+        source.records.map(
+            lambda r: (r["name"], tf.shape(decode_image(r["image"], channels))[0]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).ignore_errors()
+    )
+    good = {n.decode() for n, _ in decodable.as_numpy_iterator()}
+    return tuple(n for n in all_names if n not in good)
+
+
+def without_corrupt(source: ImageSource, corrupt: tuple[str, ...]) -> ImageSource:
+    """`source` minus the named images."""
+    if not corrupt:
+        return source
+    bad = tf.constant(list(corrupt))
+    records = source.records.filter(lambda r: tf.logical_not(tf.reduce_any(tf.equal(r["name"], bad))))
+    return dataclasses.replace(source, records=records,
+                               num_examples=source.num_examples - len(corrupt), corrupt=corrupt)
+
+
+def training_dataset(
+    source: ImageSource,
+    *,
+    global_batch_size: int,
+    steps_per_epoch: int,
+    start_step: int,
+    seed: int,
+    image_size: int,
+    channels: int,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    shuffle_buffer: int = 10_000,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Endless stream of (images, labels) batches starting at global step `start_step`.
+
+    Epoch e is the source shuffled (in blocks of `shuffle_buffer` images) with
+    seed (seed, e), cut into
+    `steps_per_epoch` global batches (the remainder is dropped so every step
+    has the same number of negatives). With an `input_context`, this input
+    pipeline keeps only its rows of every global batch and yields per-replica
+    batches, so a distributed run sees exactly the batches of a single device.
+    """
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    per_replica = global_batch_size // replicas
+    per_pipeline = global_batch_size // num_pipelines
+    first_epoch, skip_steps = divmod(start_step, steps_per_epoch)
+    buffer = max(1, min(shuffle_buffer, source.num_examples))
+
+    def one_epoch(epoch, skip):
+        epoch = tf.cast(epoch, tf.int64)
+        records = _block_shuffle(source.records, buffer, tf.stack([tf.cast(seed, tf.int64), epoch]))
+        batches = records.enumerate().batch(global_batch_size, drop_remainder=True)
+        batches = batches.take(steps_per_epoch).skip(skip)
+        rows = batches.map(lambda i, r: (
+            i[pipeline_id * per_pipeline:(pipeline_id + 1) * per_pipeline],
+            {k: v[pipeline_id * per_pipeline:(pipeline_id + 1) * per_pipeline] for k, v in r.items()},
+        )).unbatch()
+
+        def decode(index, record):
+            element_seed = tf.stack([tf.cast(seed, tf.int64) * 7919 + epoch, index])
+            image = preprocess(decode_image(record["image"], channels), image_size,
+                               random_crop, random_flip, tf.cast(element_seed, tf.int32))
+            return image, record["label"]
+
+        return rows.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    first = one_epoch(first_epoch, skip_steps)
+    rest = tf.data.Dataset.range(first_epoch + 1, 2**62).flat_map(lambda e: one_epoch(e, 0))
+    return first.concatenate(rest).batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(
+    source: ImageSource, *, batch_size: int, image_size: int, channels: int,
+    limit: int | None = None,
+) -> tf.data.Dataset:
+    """(images in [-1, 1], labels) batches of `source` in a fixed order, resized to
+    the encoder's size, no augmentation. `limit` keeps the first images only."""
+    records = source.records if limit is None else source.records.take(limit)
+
+    def decode(record):
+        return preprocess(decode_image(record["image"], channels), image_size), record["label"]
+
+    return (records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def _block_shuffle(records: tf.data.Dataset, block: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """Shuffles each consecutive block of `block` records by stateless random keys.
+
+    Unlike Dataset.shuffle, the order is a pure function of `seed` (a tensor, so
+    it can depend on the epoch inside the stream). With block >= the dataset
+    size it is a uniform shuffle of the whole dataset.
+    """
+    def shuffle_block(block_index, block_records):
+        size = tf.shape(block_records["label"])[0]
+        keys = tf.random.stateless_uniform([size], seed=seed + tf.stack([0, block_index * 1_000_003]))
+        order = tf.argsort(keys)
+        return {k: tf.gather(v, order) for k, v in block_records.items()}
+
+    return records.batch(block).enumerate().map(shuffle_block).unbatch()
+
+
+def peek_image_shape(source: ImageSource, channels: int) -> tuple[int, int]:
+    """(height, width) of the first image of `source`."""
+    for record in source.records.take(1):
+        image = decode_image(record["image"], channels)
+        return int(image.shape[0]), int(image.shape[1])
+    raise DataError(f"Dataset {source.name} split {source.split!r} has no images.")

@@ -1,0 +1,77 @@
+"""Frozen-encoder features of a dataset split, computed once and cached.
+
+The evaluation protocol (Hjelm et al. 2019, sec. 4.1) probes three layers of a
+frozen encoder in inference mode: `conv` (the last convolutional map, flattened),
+`fc` and `y`. Features are cached in the report directory as .npz files keyed
+by a fingerprint of the encoder and the data, so a rerun with other probe
+settings does not encode the dataset again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+EncodeFn = Callable[[tf.Tensor], dict]
+
+
+class SplitFeatures:
+    """Features of one split: {layer: float32 [N, D]}, labels [N], uint8 images [N, H, W, C]."""
+
+    def __init__(self, features: dict[str, np.ndarray], labels: np.ndarray, images: np.ndarray):
+        self.features, self.labels, self.images = features, labels, images
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def labelled(self) -> bool:
+        return bool(np.all(self.labels >= 0))
+
+
+def encode_dataset(encode: EncodeFn, dataset: tf.data.Dataset, layers: tuple[str, ...],
+                   progress: bool = False) -> SplitFeatures:
+    """Runs `encode` (images in [-1, 1] -> dict of features) over (images, labels) batches."""
+    import keras
+
+    step = tf.function(lambda images: {k: tf.reshape(tf.cast(v, tf.float32), [tf.shape(v)[0], -1])
+                                       for k, v in encode(images).items() if k in layers})
+    collected: dict[str, list] = {layer: [] for layer in layers}
+    labels, images_uint8 = [], []
+    batches = int(dataset.cardinality())
+    bar = keras.utils.Progbar(batches if batches >= 0 else None, unit_name="batch") if progress else None
+    for images, batch_labels in dataset:
+        outputs = step(images)
+        for layer in layers:
+            collected[layer].append(outputs[layer].numpy())
+        labels.append(batch_labels.numpy())
+        images_uint8.append(np.round((images.numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
+        if bar:
+            bar.add(1)
+    if not labels:
+        raise ValueError("The evaluation split has no images.")
+    return SplitFeatures({k: np.concatenate(v) for k, v in collected.items()},
+                         np.concatenate(labels).astype(np.int64), np.concatenate(images_uint8))
+
+
+def cached_features(cache_dir: str, fingerprint: dict, compute: Callable[[], SplitFeatures]) -> SplitFeatures:
+    """Loads the features cached under `fingerprint`, or computes and caches them (atomically)."""
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"features-{key}.npz")
+    if os.path.exists(path):
+        with np.load(path) as data:
+            features = {k[len("feature_"):]: data[k] for k in data.files if k.startswith("feature_")}
+            return SplitFeatures(features, data["labels"], data["images"])
+    result = compute()
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, labels=result.labels, images=result.images,
+             **{f"feature_{k}": v for k, v in result.features.items()})
+    os.replace(tmp, path)
+    return result

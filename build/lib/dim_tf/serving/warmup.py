@@ -1,0 +1,60 @@
+"""TF Serving warm-up records, written without the tensorflow-serving-api package.
+
+TF Serving replays `assets.extra/tf_serving_warmup_requests` (a TFRecord file of
+serialized `tensorflow.serving.PredictionLog` protos, at most 1000) when it
+loads a version, so the first real request does not pay for graph tracing.
+The messages involved are tiny, so they are encoded here directly in protobuf
+wire format (field numbers from tensorflow_serving/apis/*.proto); the tests
+parse the result with the real protos.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+# PredictionLog.predict_log = 6; PredictLog.request = 1; PredictRequest.model_spec = 1,
+# PredictRequest.inputs = 2 (map<string, TensorProto>: entry key = 1, value = 2);
+# ModelSpec.name = 1, ModelSpec.signature_name = 3.
+_PREDICTION_LOG_PREDICT_LOG = 6
+_PREDICT_LOG_REQUEST = 1
+_REQUEST_MODEL_SPEC, _REQUEST_INPUTS = 1, 2
+_SPEC_NAME, _SPEC_SIGNATURE = 1, 3
+_MAP_KEY, _MAP_VALUE = 1, 2
+MAX_RECORDS = 1000
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def predict_request_log(
+    inputs: dict[str, np.ndarray], model_name: str = "", signature_name: str = "serving_default"
+) -> bytes:
+    """A serialized PredictionLog holding one PredictRequest."""
+    spec = _field(_SPEC_NAME, model_name.encode()) + _field(_SPEC_SIGNATURE, signature_name.encode())
+    request = _field(_REQUEST_MODEL_SPEC, spec)
+    for key, value in inputs.items():
+        tensor = tf.make_tensor_proto(value).SerializeToString()
+        request += _field(_REQUEST_INPUTS, _field(_MAP_KEY, key.encode()) + _field(_MAP_VALUE, tensor))
+    return _field(_PREDICTION_LOG_PREDICT_LOG, _field(_PREDICT_LOG_REQUEST, request))
+
+
+def write_warmup_file(path: str, requests: list[dict[str, np.ndarray]], signature_name: str) -> None:
+    """Writes `requests` (input dicts) as TF Serving warm-up records."""
+    if len(requests) > MAX_RECORDS:
+        raise ValueError(f"TF Serving reads at most {MAX_RECORDS} warm-up records; got {len(requests)}.")
+    with tf.io.TFRecordWriter(path) as writer:
+        for inputs in requests:
+            writer.write(predict_request_log(inputs, signature_name=signature_name))

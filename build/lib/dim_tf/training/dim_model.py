@@ -1,0 +1,384 @@
+"""`DeepInfoMax`: a `keras.Model` whose `train_step` plays DIM's two-player step.
+
+One step on a batch of images (Hjelm et al. 2019, eq. 8):
+
+- the encoder side (encoder, MI heads and critics; one optimiser) minimises
+  beta * local + alpha * global + gamma * prior, where prior is the
+  non-saturating loss softplus(-D(sigmoid(Y)));
+- the prior discriminator D (its own optimiser) minimises its loss on the
+  same codes with the encoder cut off (stop-gradient), plus a zero-centred
+  gradient penalty on prior samples and codes.
+
+Both gradients are taken at the same parameters from one forward pass, then
+both optimisers step. Under a `tf.distribute` strategy each replica reduces its
+per-example losses by the *global* batch size and gradients are summed across
+replicas, so a multi-replica step equals the single-device step on the same
+global batch (batch norm is synchronised; prior samples are drawn for the
+global batch from a stateless seed and sliced per replica).
+
+Typical use::
+
+    with strategy.scope():
+        model = DeepInfoMax(build_encoder("basic32x32"), beta=1.0, gamma=0.1)
+        model.compile()  # Adam(1e-4, 0.5, 0.999) for both players
+    model.fit(images_in_minus_one_to_one, epochs=...)
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from dim_tf.models.heads import (
+    ConcatAndConvolveCritic,
+    GlobalCritic,
+    MIProjection,
+    build_paper_classifier,
+    build_prior_discriminator,
+)
+from dim_tf.objectives import prior as prior_lib
+from dim_tf.objectives import scores as scores_lib
+from dim_tf.objectives.estimators import canonical_estimator, per_example_mi
+
+LOCAL_CRITICS = ("dot", "concat")
+NEGATIVES = ("replica", "global")
+
+
+def default_optimizer(learning_rate: float = 1e-4) -> keras.optimizers.Optimizer:
+    """The paper's Adam: lr 1e-4, betas (0.5, 0.999), eps 1e-8, no weight decay."""
+    return keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
+
+
+def _images_and_labels(data):
+    """(images, labels or None) from a batch given as images, (images, labels[, ...])
+    or {"image": ..., "label": ...}. Labels only ever feed the online monitor."""
+    if isinstance(data, dict):
+        return data["image"], data.get("label")
+    if isinstance(data, (tuple, list)):
+        return data[0], (data[1] if len(data) > 1 else None)
+    return data, None
+
+
+def _is_multi_worker() -> bool:
+    return isinstance(
+        tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy
+    )
+
+
+class DeepInfoMax(keras.Model):
+    """Deep InfoMax: an encoder trained by local, global and prior objectives.
+
+    Args:
+        encoder: a model from `build_encoder` (outputs "local" and "y").
+        estimator: MI estimator for the local and global objectives (see
+            `dim_tf.objectives.estimators.ESTIMATORS`).
+        alpha: weight of the global objective (DIM(G)).
+        beta: weight of the local objective (DIM(L)).
+        gamma: weight of the encoder's prior-matching loss.
+        mi_units: width of the encode-and-dot heads.
+        local_critic: "dot" (encode-and-dot, the reference code) or "concat"
+            (concat-and-convolve, the paper's Figure 3).
+        negatives: "replica" (candidates from this replica's batch) or "global"
+            (all-gathered from every replica; same as "replica" on one device).
+        negative_group_size: if set, each image competes only with the images
+            of its group of this many consecutive images (see `objectives.scores`).
+        gradient_penalty_weight: weight of D's zero-centred gradient penalty.
+        sync_batch_norm: synchronise the MI heads' batch-norm statistics across
+            replicas (build the encoder with the same setting).
+        seed: seed of the prior samples.
+        monitor_classes: if set, train the paper's classifier on stop-gradient
+            features of `monitor_layers` alongside DIM (its own optimiser), on the
+            batches' labels (label < 0 = unlabelled, ignored), as the reference
+            code's online monitor; no gradient of it reaches the encoder.
+        monitor_layers: encoder outputs the online monitor probes.
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        *,
+        estimator: str = "jsd",
+        alpha: float = 0.0,
+        beta: float = 1.0,
+        gamma: float = 0.1,
+        mi_units: int = 2048,
+        local_critic: str = "dot",
+        negatives: str = "replica",
+        negative_group_size: int | None = None,
+        gradient_penalty_weight: float = 1.0,
+        sync_batch_norm: bool = True,
+        seed: int = 0,
+        monitor_classes: int | None = None,
+        monitor_layers: tuple[str, ...] = ("conv", "fc", "y"),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma),
+                            ("gradient_penalty_weight", gradient_penalty_weight)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+        if alpha == 0 and beta == 0:
+            raise ValueError("alpha and beta are both 0: nothing would maximise mutual information.")
+        if local_critic not in LOCAL_CRITICS:
+            raise ValueError(f"local_critic must be one of {LOCAL_CRITICS}; got {local_critic!r}.")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}; got {negatives!r}.")
+        if negative_group_size is not None and int(negative_group_size) < 2:
+            raise ValueError(
+                f"negative_group_size must be at least 2 (one negative); got {negative_group_size!r}."
+            )
+        self.encoder = encoder
+        self.estimator = canonical_estimator(estimator)
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.mi_units = int(mi_units)
+        self.local_critic_kind = local_critic
+        self.negatives = negatives
+        self.negative_group_size = None if negative_group_size is None else int(negative_group_size)
+        self.gradient_penalty_weight = float(gradient_penalty_weight)
+        self.seed = int(seed)
+        self.y_units = int(encoder.output["y"].shape[-1])
+
+        # Components exist only for the terms with a non-zero weight.
+        self.local_map_projection = self.local_code_projection = self.local_critic = None
+        if self.beta > 0 and local_critic == "dot":
+            self.local_map_projection = MIProjection(mi_units, sync_batch_norm, name="local_map_projection")
+            self.local_code_projection = MIProjection(mi_units, sync_batch_norm, name="local_code_projection")
+        elif self.beta > 0:
+            self.local_critic = ConcatAndConvolveCritic(name="local_critic")
+        self.global_critic = GlobalCritic(name="global_critic") if self.alpha > 0 else None
+        self.prior_discriminator = (
+            build_prior_discriminator(self.y_units) if self.gamma > 0 else None
+        )
+        self.monitors = {}
+        if monitor_classes is not None:
+            if int(monitor_classes) < 2:
+                raise ValueError(f"monitor_classes must be >= 2; got {monitor_classes!r}.")
+            self.monitors = {layer: build_paper_classifier(int(monitor_classes), sync_batch_norm,
+                                                           name=f"monitor_{layer}")
+                             for layer in monitor_layers}
+        self.prior_optimizer = None
+        self.monitor_optimizer = None
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in self._metric_names()}
+        self._build_by_tracing()
+
+    # ----------------------------------------------------------------- set-up
+
+    def _metric_names(self) -> list[str]:
+        names = ["loss"]
+        if self.beta > 0:
+            names += ["local_loss", "local_mi"]
+        if self.alpha > 0:
+            names += ["global_loss", "global_mi"]
+        if self.gamma > 0:
+            names += ["prior_loss", "prior_disc_loss", "prior_gradient_penalty",
+                      "prior_disc_accuracy"]
+        names += [f"monitor_{layer}_accuracy" for layer in self.monitors]
+        return names
+
+    def _build_by_tracing(self) -> None:
+        """Creates every variable now, eagerly: variables made inside a traced
+        step under a strategy would be per-replica and unsynchronised."""
+        image_shape = self.encoder.input_shape[1:]
+        images = tf.zeros((self.negative_group_size or 2,) + tuple(image_shape))
+        features = self.encoder(images, training=False)
+        self._encoder_side_terms(features, training=False)
+        for layer, monitor in self.monitors.items():
+            monitor(features[layer], training=False)
+        if self.prior_discriminator is not None:
+            self.prior_discriminator(tf.zeros((2, self.y_units)))
+        self.built = True
+
+    @property
+    def encoder_side_variables(self) -> list:
+        """Trainable variables of the encoder and its MI heads (one optimiser)."""
+        parts = [self.encoder, self.local_map_projection, self.local_code_projection,
+                 self.local_critic, self.global_critic]
+        return [v for part in parts if part is not None for v in part.trainable_variables]
+
+    @property
+    def monitor_variables(self) -> list:
+        """Trainable variables of the online monitor's classifiers (their own optimiser)."""
+        return [v for m in self.monitors.values() for v in m.trainable_variables]
+
+    @property
+    def prior_variables(self) -> list:
+        """Trainable variables of the prior discriminator (its own optimiser)."""
+        return [] if self.prior_discriminator is None else list(self.prior_discriminator.trainable_variables)
+
+    def compile(
+        self,
+        encoder_optimizer: keras.optimizers.Optimizer | None = None,
+        prior_optimizer: keras.optimizers.Optimizer | None = None,
+        monitor_optimizer: keras.optimizers.Optimizer | None = None,
+        **kwargs,
+    ) -> None:
+        """Sets both optimisers (default: the paper's Adam) and builds their slots.
+
+        Call inside the strategy's scope: Adam's slots created lazily inside a
+        distributed step fail (see docs on MirroredStrategy).
+        """
+        encoder_optimizer = encoder_optimizer or default_optimizer()
+        super().compile(optimizer=encoder_optimizer, **kwargs)
+        encoder_optimizer.build(self.encoder_side_variables)
+        if self.prior_discriminator is not None:
+            self.prior_optimizer = prior_optimizer or default_optimizer()
+            self.prior_optimizer.build(self.prior_variables)
+        if self.monitors:
+            self.monitor_optimizer = monitor_optimizer or default_optimizer()
+            self.monitor_optimizer.build(self.monitor_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """No-op: every variable already exists (`_build_by_tracing`). Keras' version
+        reduces a first batch across replicas, which fails under
+        MultiWorkerMirroredStrategy for (images, labels) batches."""
+
+    @property
+    def metrics(self) -> list:
+        return list(self._trackers.values())
+
+    def call(self, images, training=False):
+        """The encoder's features {"local", "conv", "fc", "y"}."""
+        return self.encoder(images, training=training)
+
+    # ------------------------------------------------------------- objectives
+
+    def _encoder_side_terms(self, features: dict, training: bool) -> dict:
+        """Per-example losses and MI estimates of the local and global objectives."""
+        terms = {}
+        y, local_map = features["y"], features["local"]
+        across = self.negatives == "global"
+        groups = self.negative_group_size
+        if self.beta > 0:
+            if self.local_critic is None:
+                scores, positive = scores_lib.dot_product_scores(
+                    self.local_code_projection(y, training=training),
+                    self.local_map_projection(local_map, training=training),
+                    across, groups,
+                )
+            else:
+                scores, positive = scores_lib.concat_critic_scores(
+                    self.local_critic, y, local_map, across, groups
+                )
+            terms["local_loss"], terms["local_mi"] = per_example_mi(scores, positive, self.estimator)
+        if self.alpha > 0:
+            scores, positive = scores_lib.global_critic_scores(
+                self.global_critic, y, local_map, across, groups
+            )
+            terms["global_loss"], terms["global_mi"] = per_example_mi(scores, positive, self.estimator)
+        return terms
+
+    def _prior_samples(self, batch_size: tf.Tensor, stream: int) -> tf.Tensor:
+        """This replica's slice of prior samples drawn for the whole global batch."""
+        offset, global_size = scores_lib.replica_layout(batch_size)
+        step = tf.cast(self.optimizer.iterations, tf.int32)
+        seed = tf.stack([tf.constant(self.seed, tf.int32) + stream, step])
+        samples = prior_lib.sample_uniform_prior(tf.stack([global_size, self.y_units]), seed)
+        return samples[offset: offset + batch_size]
+
+    def _step_terms(self, images, training: bool):
+        """Forward pass: (encoder-side per-example loss, D's per-example loss, terms,
+        features)."""
+        features = self.encoder(images, training=training)
+        terms = self._encoder_side_terms(features, training)
+        encoder_loss = 0.0
+        if self.beta > 0:
+            encoder_loss += self.beta * terms["local_loss"]
+        if self.alpha > 0:
+            encoder_loss += self.alpha * terms["global_loss"]
+        prior_loss = None
+        if self.gamma > 0:
+            codes = prior_lib.squash_codes(features["y"])
+            terms["prior_loss"] = prior_lib.encoder_adversarial_loss(self.prior_discriminator, codes)
+            encoder_loss += self.gamma * terms["prior_loss"]
+            disc = prior_lib.discriminator_terms(
+                self.prior_discriminator,
+                self._prior_samples(tf.shape(codes)[0], stream=0 if training else 1),
+                tf.stop_gradient(codes),
+            )
+            terms["prior_disc_loss"] = disc.loss
+            terms["prior_gradient_penalty"] = disc.gradient_penalty
+            terms["prior_disc_accuracy"] = disc.accuracy
+            prior_loss = disc.loss + self.gradient_penalty_weight * disc.gradient_penalty
+        terms["loss"] = encoder_loss
+        return encoder_loss, prior_loss, terms, features
+
+    def _monitor_terms(self, features: dict, labels, training: bool):
+        """Per-example masked cross-entropy of the monitors and their accuracy terms.
+
+        Features are cut from the encoder (stop-gradient): the monitor watches the
+        representation and must not shape it.
+        """
+        labels = tf.cast(labels, tf.int64)
+        labelled = tf.cast(labels >= 0, tf.float32)
+        safe_labels = tf.maximum(labels, 0)
+        loss, terms = 0.0, {}
+        for layer, monitor in self.monitors.items():
+            logits = monitor(tf.stop_gradient(features[layer]), training=training)
+            loss += labelled * tf.nn.sparse_softmax_cross_entropy_with_logits(safe_labels, logits)
+            terms[f"monitor_{layer}_accuracy"] = tf.cast(
+                tf.equal(tf.argmax(logits, -1), safe_labels), tf.float32)
+        return loss, terms, labelled
+
+    @staticmethod
+    def _global_mean(per_example: tf.Tensor) -> tf.Tensor:
+        """Sum over this replica / global batch size: summed over replicas, the mean."""
+        _, global_size = scores_lib.replica_layout(tf.shape(per_example)[0])
+        return tf.reduce_sum(per_example) / tf.cast(global_size, per_example.dtype)
+
+    def _logs(self, terms: dict, weights: dict | None = None) -> dict:
+        for name, tracker in self._trackers.items():
+            if name in terms:
+                tracker.update_state(terms[name], sample_weight=(weights or {}).get(name))
+        # Keras 3.15's fit reduces logs along axis 0 under MultiWorkerMirroredStrategy
+        # (keras-team/keras#20585): give it rank-1 values there.
+        reshape = (lambda x: tf.reshape(x, [1])) if _is_multi_worker() else (lambda x: x)
+        return {name: reshape(tracker.result()) for name, tracker in self._trackers.items()}
+
+    # ------------------------------------------------------------ the steps
+
+    def train_step(self, data):
+        images, labels = _images_and_labels(data)
+        with tf.GradientTape() as encoder_tape, tf.GradientTape() as prior_tape:
+            encoder_per_example, prior_per_example, terms, features = self._step_terms(
+                images, training=True)
+            encoder_loss = tf.debugging.check_numerics(
+                self._global_mean(encoder_per_example),
+                "DIM encoder-side loss is NaN or Inf (lower the learning rate or check "
+                "the input images)",
+            )
+            scaled_encoder_loss = self.optimizer.scale_loss(encoder_loss)
+            if prior_per_example is not None:
+                prior_loss = self._global_mean(prior_per_example)
+        encoder_vars = self.encoder_side_variables
+        # Gradients of D's loss never reach the encoder (stop-gradient on the codes),
+        # and each optimiser only ever sees its own player's variables.
+        encoder_grads = encoder_tape.gradient(scaled_encoder_loss, encoder_vars)
+        if prior_per_example is not None:
+            prior_vars = self.prior_variables
+            prior_grads = prior_tape.gradient(prior_loss, prior_vars)
+            self.prior_optimizer.apply_gradients(zip(prior_grads, prior_vars))
+        self.optimizer.apply_gradients(zip(encoder_grads, encoder_vars))
+        weights = {}
+        if self.monitors and labels is not None:
+            with tf.GradientTape() as monitor_tape:
+                monitor_loss, monitor_terms, labelled = self._monitor_terms(features, labels, True)
+                monitor_loss = self._global_mean(monitor_loss)
+            monitor_vars = self.monitor_variables
+            self.monitor_optimizer.apply_gradients(
+                zip(monitor_tape.gradient(monitor_loss, monitor_vars), monitor_vars))
+            terms.update(monitor_terms)
+            weights = {name: labelled for name in monitor_terms}
+        return self._logs(terms, weights)
+
+    def test_step(self, data):
+        images, labels = _images_and_labels(data)
+        _, _, terms, features = self._step_terms(images, training=False)
+        weights = {}
+        if self.monitors and labels is not None:
+            _, monitor_terms, labelled = self._monitor_terms(features, labels, False)
+            terms.update(monitor_terms)
+            weights = {name: labelled for name in monitor_terms}
+        return self._logs(terms, weights)
+

@@ -1,0 +1,321 @@
+"""`train(config)`: a resumable DIM training run from a `TrainConfig`.
+
+The run owns `model_dir`:
+
+    model_dir/config.json        resolved settings (and flags.txt from the CLI)
+    model_dir/checkpoints/       model + both optimisers, every N steps and epoch
+    model_dir/logs/train/        TensorBoard scalars
+    model_dir/summary.json       steps done, wall time, images/s, last metrics
+
+Rerunning the same config continues from the newest checkpoint (even after
+kill -9: checkpoints are written under new names and the index is replaced
+atomically), with the same batches an uninterrupted run would have seen; a
+finished run is not trained again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from dim_tf.config import ConfigError, TrainConfig
+from dim_tf.data import pipeline
+from dim_tf.models.encoders import build_encoder
+from dim_tf.training.checkpoints import restore_latest, training_checkpoint
+from dim_tf.training.dim_model import DeepInfoMax, default_optimizer
+from dim_tf.training.strategy import is_chief, make_strategy, worker_id
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says why and what was kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_dir: str
+    total_steps: int
+    start_step: int
+    end_step: int
+    seconds: float
+    images_per_second: float | None
+    metrics: dict
+    skipped_images: tuple[str, ...]
+    export_path: str | None
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _global_step(model) -> int:
+    """Training steps done (works for mirrored variables too)."""
+    return int(model.optimizer.iterations.numpy())
+
+
+def _metric_tag(name: str) -> str:
+    if name.startswith("monitor_"):
+        return f"monitor/{name[8:]}"
+    if name.endswith("_mi"):
+        return f"mi/{name[:-3]}"
+    if name.startswith("prior_"):
+        return f"prior/{name[6:]}"
+    return f"loss/{name[:-5] if name.endswith('_loss') else 'total'}"
+
+
+class _CheckpointEvery(keras.callbacks.Callback):
+    """Saves every `every` steps and at the end of every epoch."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+        super().__init__()
+        self.manager, self.every, self.last_saved = manager, every, None
+
+    def _save(self):
+        step = _global_step(self.model)
+        if step != self.last_saved:
+            self.manager.save(checkpoint_number=step)
+            self.last_saved = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if _global_step(self.model) % self.every == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save()
+
+
+class _ScalarLogger(keras.callbacks.Callback):
+    """TensorBoard scalars at the global step: losses, MI, prior game, lr, images/s.
+
+    Batch-level values are the running means of the current epoch (Keras' trackers).
+    """
+
+    def __init__(self, log_dir: str | None, every: int, global_batch_size: int):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self.every, self.global_batch_size = every, global_batch_size
+        self.images_per_second = None
+        self._tick = None
+
+    def on_train_begin(self, logs=None):
+        self._tick = (time.perf_counter(), _global_step(self.model))
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = _global_step(self.model)
+        if step % self.every:
+            return
+        now = time.perf_counter()
+        then, then_step = self._tick
+        if step > then_step:
+            self.images_per_second = (step - then_step) * self.global_batch_size / (now - then)
+        self._tick = (now, step)
+        self._write(logs, step, "")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write(logs, _global_step(self.model), "epoch_")
+
+    def _write(self, logs, step, prefix):
+        if self.writer is None or not logs:
+            return
+        with self.writer.as_default(step=step):
+            for name, value in logs.items():
+                tf.summary.scalar(prefix + _metric_tag(name), float(value))
+            lr = self.model.optimizer.learning_rate
+            tf.summary.scalar(prefix + "optimizer/learning_rate", float(lr.numpy() if hasattr(lr, "numpy") else lr))
+            if self.images_per_second is not None:
+                tf.summary.scalar(prefix + "speed/images_per_second", self.images_per_second)
+        self.writer.flush()
+
+
+def _check_resumable(config: TrainConfig) -> None:
+    """Refuses to continue a run in model_dir with different run-defining settings."""
+    saved_path = os.path.join(config.model_dir, "config.json")
+    if not os.path.exists(saved_path):
+        return
+    with open(saved_path, encoding="utf-8") as f:
+        saved = TrainConfig.from_json(f.read(), model_dir=config.model_dir)
+    conflicts = config.resume_conflicts(saved)
+    if conflicts:
+        raise ConfigError(
+            f"--model_dir={config.model_dir} holds a run with other settings, which this run would "
+            "resume from:\n  " + "\n  ".join(conflicts) + "\nUse a new --model_dir, or the run's "
+            "own settings (its flags.txt works as a --flagfile)."
+        )
+
+
+def _prepare_source(config: TrainConfig) -> pipeline.ImageSource:
+    source = pipeline.load_source(config.dataset, config.train_split, config.data_dir,
+                                  config.manual_dir, config.download)
+    if source.num_examples == 0:
+        raise pipeline.DataError(f"--dataset={config.dataset} split {config.train_split!r} has no images.")
+    if config.folder is not None:
+        corrupt = pipeline.find_corrupt_images(source, config.channels)
+        if corrupt and not config.skip_corrupt:
+            shown = "\n  ".join(corrupt[:10])
+            more = f"\n  ... and {len(corrupt) - 10} more" if len(corrupt) > 10 else ""
+            raise pipeline.DataError(
+                f"{len(corrupt)} image file(s) in {config.folder!r} cannot be decoded:\n  {shown}{more}\n"
+                "Fix or remove them, or pass --skip_corrupt to train without them."
+            )
+        if corrupt:
+            logging.warning("Skipping %d corrupt image file(s): %s", len(corrupt), ", ".join(corrupt))
+            source = pipeline.without_corrupt(source, corrupt)
+    height, width = pipeline.peek_image_shape(source, config.channels)
+    if min(height, width) < config.image_size:
+        raise ConfigError(
+            f"--encoder={config.encoder} takes {config.image_size}x{config.image_size} images but "
+            f"{config.dataset} images are {height}x{width}: choose an encoder for that size "
+            "(basic32x32 or resnet19_32x32 for 32x32; basic64x64 or alex64x64 for 64x64)."
+        )
+    return source
+
+
+def build_model(config: TrainConfig, monitor_classes: int | None = None) -> DeepInfoMax:
+    """The compiled DeepInfoMax model of `config` (call inside the strategy's scope).
+
+    `monitor_classes` switches the online monitor on (labelled data, config.monitor).
+    """
+    encoder = build_encoder(config.encoder, channels=config.channels, y_units=config.y_units)
+    model = DeepInfoMax(
+        encoder, estimator=config.estimator, alpha=config.alpha, beta=config.beta,
+        gamma=config.gamma, mi_units=config.mi_units, local_critic=config.local_critic,
+        negatives=config.negatives, seed=config.seed,
+        monitor_classes=monitor_classes if config.monitor else None,
+    )
+    model.compile(default_optimizer(config.learning_rate), default_optimizer(config.learning_rate))
+    return model
+
+
+def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> TrainResult:
+    """Trains (or resumes) the run of `config`; see the module docstring.
+
+    Args:
+        config: the run's settings.
+        extra_files: {file name: text} written into model_dir by the chief
+            (the CLI's resolved flags).
+
+    Raises:
+        ConfigError, pipeline.DataError: before any training, for bad settings or data.
+        TrainingError: the loss became NaN/Inf; the last checkpoint is kept.
+    """
+    config.check_paths()
+    if config.mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError(f"--batch_size={config.batch_size} must be divisible by the number of "
+                          f"replicas ({replicas}).")
+    source = _prepare_source(config)
+    steps_per_epoch = source.num_examples // config.batch_size
+    if steps_per_epoch == 0:
+        raise pipeline.DataError(
+            f"--dataset={config.dataset} split {config.train_split!r} has {source.num_examples} "
+            f"images, fewer than one batch (--batch_size={config.batch_size})."
+        )
+    if config.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+
+    chief = is_chief(strategy)
+    _check_resumable(config)
+    os.makedirs(config.model_dir, exist_ok=True)
+    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+    monitor_classes = len(source.label_names) if len(source.label_names) >= 2 else None
+    with strategy.scope():
+        model = build_model(config, monitor_classes)
+    checkpoint = training_checkpoint(model)
+    # Every worker restores the chief's checkpoint; non-chief workers must take
+    # part in saving too, but into a scratch directory that is then discarded.
+    manager, restored = restore_latest(checkpoint, checkpoint_dir, config.keep_checkpoints)
+    scratch = None
+    if not chief:
+        scratch = os.path.join(config.model_dir, f".worker_{worker_id(strategy)}")
+        manager = tf.train.CheckpointManager(checkpoint, scratch, max_to_keep=1)
+    start_step = _global_step(model)
+    if restored:
+        logging.info("Resuming from %s at step %d of %d.", restored, start_step, total_steps)
+    if chief:
+        _atomic_write_text(os.path.join(config.model_dir, "config.json"), config.to_json())
+        for name, text in (extra_files or {}).items():
+            _atomic_write_text(os.path.join(config.model_dir, name), text)
+
+    tick = time.perf_counter()
+    logger = _ScalarLogger(os.path.join(config.model_dir, "logs", "train") if chief else None,
+                           config.log_every, config.batch_size)
+    callbacks = [_CheckpointEvery(manager, config.checkpoint_every), logger]
+    logs = {}
+    if start_step >= total_steps:
+        logging.info("Run in %s already finished (%d steps): nothing to train.", config.model_dir, start_step)
+    else:
+        try:
+            logs = _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks)
+        except tf.errors.InvalidArgumentError as error:
+            if "NaN or Inf" not in str(error):
+                raise
+            raise TrainingError(
+                f"Training stopped at step {_global_step(model)}: the loss became NaN or "
+                f"Inf. The last checkpoint ({manager.latest_checkpoint}) is intact; lower "
+                "--learning_rate or check the data, then rerun to resume."
+            ) from error
+    seconds = time.perf_counter() - tick
+    end_step = _global_step(model)
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    export_path = None
+    if config.export_dir and chief:
+        from dim_tf.serving.export import export_encoder, run_assets  # export follows training
+
+        export_path = export_encoder(model.encoder, config.export_dir,
+                                     extra_assets=run_assets(config.model_dir, end_step))
+    trained = end_step - start_step
+    result = TrainResult(
+        model_dir=config.model_dir, total_steps=total_steps, start_step=start_step,
+        end_step=end_step, seconds=seconds,
+        images_per_second=(trained * config.batch_size / seconds) if trained else None,
+        metrics={k: float(v) for k, v in logs.items()},
+        skipped_images=source.corrupt, export_path=export_path,
+    )
+    if chief:
+        _atomic_write_text(os.path.join(config.model_dir, "summary.json"),
+                           json.dumps(dataclasses.asdict(result), indent=2))
+    return result
+
+
+def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks) -> dict:
+    """Runs model.fit from `start_step` to the end, finishing a partial epoch first."""
+
+    def dataset_from(step):
+        def fn(context):
+            return pipeline.training_dataset(
+                source, global_batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
+                start_step=step, seed=config.seed, image_size=config.image_size,
+                channels=config.channels, random_crop=config.random_crop,
+                random_flip=config.random_flip, shuffle_buffer=config.shuffle_buffer,
+                input_context=context,
+            )
+        return strategy.distribute_datasets_from_function(fn)
+
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    history = {}
+    if offset:
+        history = model.fit(dataset_from(start_step), initial_epoch=epoch, epochs=epoch + 1,
+                            steps_per_epoch=steps_per_epoch - offset, callbacks=callbacks,
+                            verbose=config.verbose, shuffle=False).history
+        epoch += 1
+    if epoch < config.epochs:
+        history = model.fit(dataset_from(epoch * steps_per_epoch), initial_epoch=epoch,
+                            epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                            callbacks=callbacks, verbose=config.verbose, shuffle=False).history
+    return {k: v[-1] for k, v in history.items()}
