@@ -6,7 +6,7 @@ setup(
     description="Deep InfoMax (Hjelm et al., ICLR 2019) in TensorFlow 2 / Keras 3",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["dim_tf", "dim_tf.*"]),
+    packages=find_packages(include=["dim_tf", "dim_tf.*", "pipelines", "pipelines.*"]),
     package_data={"dim_tf": ["data/samples/README.md", "data/samples/*/*/*/*.jpg"]},
     python_requires=">=3.10",
     install_requires=[
@@ -25,6 +25,9 @@ setup(
     extras_require={
         # The gRPC client of `python -m dim_tf.embed`.
         "serving": ["tensorflow-serving-api>=2.21,<2.22"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22"],
+        # Compiling the pipeline for Kubeflow Pipelines: python -m pipelines.kubeflow.
+        "kubeflow": ["kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22",
+                "kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3"],
     },
 )

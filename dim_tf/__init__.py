@@ -22,11 +22,15 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ConfigError": "dim_tf.config",
+    "EvalConfig": "dim_tf.config",
+    "kill_point": "dim_tf.faults",
     "TrainConfig": "dim_tf.config",
     "DataError": "dim_tf.data.pipeline",
     "ImageSource": "dim_tf.data.pipeline",
     "load_source": "dim_tf.data.pipeline",
     "training_dataset": "dim_tf.data.pipeline",
+    "read_tfrecord_schema": "dim_tf.data.tfrecords",
+    "write_tfrecord_dataset": "dim_tf.data.tfrecords",
     "ENCODERS": "dim_tf.models.encoders",
     "FEATURE_NAMES": "dim_tf.models.encoders",
     "build_encoder": "dim_tf.models.encoders",
@@ -44,7 +48,9 @@ _EXPORTS = {
     "build_model": "dim_tf.training.run",
     "train": "dim_tf.training.run",
     "make_strategy": "dim_tf.training.strategy",
+    "evaluate": "dim_tf.evaluation.run",
     "export_encoder": "dim_tf.serving.export",
+    "export_run": "dim_tf.serving.export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,6 +20,7 @@ LOCAL_CRITICS = ("dot", "concat")
 NEGATIVES = ("replica", "global")
 FOLDER_PREFIX = "folder:"
 SAMPLE_PREFIX = "sample:"
+TFRECORD_PREFIX = "tfrecord:"
 # Image folders shipped inside the package, usable offline as --dataset=sample:NAME.
 SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "samples")
 SAMPLES = ("cifar10",)
@@ -30,7 +31,7 @@ SAMPLES = ("cifar10",)
 RUN_DEFINING_FIELDS = (
     "encoder", "channels", "y_units", "estimator", "alpha", "beta", "gamma", "mi_units",
     "local_critic", "negatives", "batch_size", "learning_rate", "seed", "mixed_precision",
-    "random_crop", "random_flip", "shuffle_buffer", "train_split", "monitor",
+    "random_crop", "random_flip", "shuffle_buffer", "dataset", "train_split", "monitor",
 )
 
 
@@ -145,6 +146,10 @@ class TrainConfig:
                     f"--train_split={self.train_split}: no folder {split_dir!r}. Splits found in "
                     f"{folder!r}: {', '.join(found) or 'none'}."
                 )
+        records = tfrecord_root(self.dataset)
+        if records is not None and not os.path.exists(os.path.join(records, "schema.json")):
+            raise ConfigError(f"--dataset={self.dataset}: no {records}/schema.json; expected TFRecord "
+                              "shards written by `python -m pipelines.ingest`.")
         if self.manual_dir is not None and not os.path.isdir(os.path.expanduser(self.manual_dir)):
             raise ConfigError(f"--manual_dir={self.manual_dir}: directory does not exist.")
 
@@ -243,6 +248,13 @@ def image_folder_root(dataset: str) -> str | None:
         return os.path.expanduser(dataset[len(FOLDER_PREFIX):])
     if dataset.startswith(SAMPLE_PREFIX):
         return os.path.join(SAMPLES_DIR, dataset[len(SAMPLE_PREFIX):])
+    return None
+
+
+def tfrecord_root(dataset: str) -> str | None:
+    """Directory of a `tfrecord:DIR` dataset (written by the pipeline's ingest), else None."""
+    if dataset.startswith(TFRECORD_PREFIX):
+        return os.path.expanduser(dataset[len(TFRECORD_PREFIX):])
     return None
 
 

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
 
     try:
         path = export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version, FLAGS.overwrite)
-    except (FileNotFoundError, FileExistsError) as error:
+    except (FileNotFoundError, FileExistsError, TimeoutError, ValueError) as error:
         sys.exit(f"dim_tf.export: error: {error}")
     print(f"dim_tf.export: wrote {path}")
 

@@ -7,13 +7,16 @@ r"""Train a Deep InfoMax encoder from the command line.
 
 Flags after --flagfile override it. Every setting is checked before any
 training; a bad value exits with status 2 and a message naming the flag.
-Rerunning a command resumes its run from the last checkpoint in --model_dir.
+Rerunning a command resumes its run from the last checkpoint in --model_dir;
+--start_over moves that run aside instead. Exit statuses: 0 done, 1 training
+stopped (NaN/Inf, a checkpoint that cannot be written or read, model_dir in use
+by another run), 2 bad settings or data (before training), 143 SIGTERM (saved;
+rerun to resume).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 from absl import app, flags, logging
@@ -76,6 +79,9 @@ flags.DEFINE_integer("log_every", _default("log_every"), "Write TensorBoard scal
 flags.DEFINE_string("export_dir", None, "Export the trained encoder as a SavedModel version here.")
 flags.DEFINE_integer("verbose", _default("verbose"),
                      "Console output: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_bool("start_over", False,
+                  "Move an existing run in --model_dir aside (to MODEL_DIR.old-TIMESTAMP) and "
+                  "train from step 0, instead of resuming it or refusing other settings.")
 
 FLAGS = flags.FLAGS
 
@@ -91,9 +97,15 @@ def config_from_flags() -> config_lib.TrainConfig:
     return config
 
 
+# Actions on this invocation, not settings of the run: kept out of flags.txt so
+# that reusing it as a --flagfile never discards a run.
+_ACTION_FLAGS = ("start_over",)
+
+
 def _flags_text() -> str:
     module_flags = FLAGS.get_key_flags_for_module(sys.modules[__name__])
-    return "".join(f.serialize() + "\n" for f in module_flags if f.value is not None)
+    return "".join(f.serialize() + "\n" for f in module_flags
+                   if f.value is not None and f.name not in _ACTION_FLAGS)
 
 
 def _fail(message: str, status: int) -> None:
@@ -113,9 +125,9 @@ def main(argv: list[str]) -> None:
     from dim_tf.data.pipeline import DataError
     from dim_tf.training.run import Preempted, TrainingError, train
 
-    os.makedirs(config.model_dir, exist_ok=True)
     try:
-        result = train(config, extra_files={"flags.txt": _flags_text()})
+        result = train(config, extra_files={"flags.txt": _flags_text()},
+                       start_over=FLAGS.start_over)
     except (config_lib.ConfigError, DataError) as error:
         _fail(str(error), 2)
     except Preempted as error:

@@ -3,7 +3,11 @@
 Sources yield encoded images (decoding is ours, so 1- or 3-channel encoders get
 their channels from any grayscale, RGB or RGBA file), integer labels (carried
 for evaluation, never used by training) and a name per image for error
-messages. The training stream is deterministic from (seed, epoch, position):
+messages. Image folders are listed and checked file by file
+(`dim_tf.data.image_files`): every file is an image or is reported with the
+reason it cannot be used.
+
+The training stream is deterministic from (seed, epoch, position):
 rerunning from a checkpoint at step k yields exactly the batches an
 uninterrupted run would have seen from step k on.
 """
@@ -13,10 +17,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from dim_tf.config import image_folder_root
+from dim_tf.config import image_folder_root, tfrecord_root
+from dim_tf.data import image_files
+from dim_tf.data.image_files import BadImage
 
 
 class DataError(ValueError):
@@ -28,6 +36,9 @@ class ImageSource:
     """One split of a dataset, still encoded.
 
     records: dataset of {"image": encoded bytes, "label": int64, "name": string}.
+    rejected: files of an image folder left out of `records` by their listing
+        (not images, empty, too large, ...), reported by `find_bad_images`.
+    corrupt: names removed by `without_corrupt`.
     """
 
     name: str
@@ -36,6 +47,7 @@ class ImageSource:
     num_examples: int
     label_names: tuple[str, ...]
     corrupt: tuple[str, ...] = ()
+    rejected: tuple[BadImage, ...] = ()
 
 
 def load_source(
@@ -45,8 +57,9 @@ def load_source(
     manual_dir: str | None = None,
     download: bool = False,
 ) -> ImageSource:
-    """Opens `split` of a TFDS catalogue dataset or of an image folder (`folder:PATH`,
-    or `sample:cifar10` for the images shipped with the package).
+    """Opens `split` of a TFDS catalogue dataset, of an image folder (`folder:PATH`,
+    or `sample:cifar10` for the images shipped with the package) or of TFRecord
+    shards written by `write_tfrecord_dataset` (`tfrecord:DIR`).
 
     A catalogue dataset is used as prepared in `data_dir`. If it is not prepared,
     it is prepared from `manual_dir` (the original archives) if given, or
@@ -57,25 +70,72 @@ def load_source(
     root = image_folder_root(dataset)
     if root is not None:
         return _folder_source(root, split)
+    root = tfrecord_root(dataset)
+    if root is not None:
+        from dim_tf.data.tfrecords import tfrecord_source  # it builds on this module
+
+        return tfrecord_source(root, split)
     return _catalogue_source(dataset, split, data_dir, manual_dir, download)
 
 
 def _folder_source(root: str, split: str) -> ImageSource:
     if not os.path.isdir(root):
         raise DataError(f"Image folder {root!r} does not exist (layout: PATH/<split>/<label>/*.jpg).")
-    builder = tfds.ImageFolder(root)
-    splits = builder.info.splits
+    splits = image_files.split_names(root)
     if split not in splits:
         raise DataError(f"Image folder {root!r} has no split {split!r}; it has: "
-                        f"{', '.join(sorted(splits.keys())) or 'none'}.")
-    records = builder.as_dataset(
-        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
-    ).map(lambda ex: {"image": ex["image"], "label": ex["label"], "name": ex["image/filename"]})
-    return ImageSource(
-        name=f"folder:{root}", split=split, records=records,
-        num_examples=splits[split].num_examples,
-        label_names=tuple(builder.info.features["label"].names),
-    )
+                        f"{', '.join(splits) or 'none'}. Layout: {root}/<split>/<label>/<images>"
+                        f"{_split_level_hint(root, splits)}.")
+    labels = image_files.label_names(root)
+    listing = image_files.list_split(root, split, labels)
+    if listing.ignored:
+        logging.info("%s/%s: left out %d operating-system/editor file(s) (hidden files, "
+                     "Thumbs.db, desktop.ini, backups~).", root, split, listing.ignored)
+    images = listing.images
+    paths = tf.constant([os.fsencode(image.path) for image in images], tf.string)
+    indices = tf.constant([image.label for image in images], tf.int64)
+    via_pillow = [image.via_pillow for image in images]
+    if any(via_pillow):
+        logging.info("%s/%s: %d image(s) in formats TensorFlow does not decode (BMP, TIFF, ...) are "
+                     "decoded with Pillow; converting them to PNG or JPEG makes the input faster.",
+                     root, split, sum(via_pillow))
+        records = tf.data.Dataset.from_tensor_slices((paths, indices, tf.constant(via_pillow, tf.bool)))
+        records = records.map(_read_any_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:  # pure TF ops: the usual case
+        records = tf.data.Dataset.from_tensor_slices((paths, indices)).map(
+            lambda path, label: {"image": tf.io.read_file(path), "label": label, "name": path},
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ImageSource(name=f"folder:{root}", split=split, records=records,
+                       num_examples=len(images), label_names=labels, rejected=listing.bad)
+
+
+def _split_level_hint(root: str, splits: list[str]) -> str:
+    """Points at the usual mistake of label folders directly under the root."""
+    def holds_files(folder):
+        path = os.path.join(root, folder)
+        return any(os.path.isfile(os.path.join(path, n)) and not image_files.is_system_file(n)
+                   for n in os.listdir(path))
+
+    if any(holds_files(folder) for folder in splits):
+        return (" (folders holding images directly look like label folders: put them in a split "
+                f"folder, e.g. {root}/train/<label>/)")
+    return ""
+
+
+def _read_any_image(path, label, via_pillow):
+    """Reads a file of an image folder; formats TensorFlow cannot decode go through
+    Pillow and come out as PNG. A file Pillow cannot decode gives empty bytes, which
+    fail to decode like any damaged file (`find_bad_images` then reports Pillow's reason)."""
+    def pillow_png(path_tensor):
+        try:
+            return image_files.pillow_png(os.fsdecode(path_tensor.numpy()))
+        except (OSError, ValueError, SyntaxError):
+            return b""
+
+    image = tf.cond(via_pillow,
+                    lambda: tf.ensure_shape(tf.py_function(pillow_png, [path], tf.string), []),
+                    lambda: tf.io.read_file(path))
+    return {"image": image, "label": label, "name": path}
 
 
 def _catalogue_source(name, split, data_dir, manual_dir, download) -> ImageSource:
@@ -151,9 +211,14 @@ def resize_to(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cond(
         tf.logical_and(tf.equal(height, size), tf.equal(width, size)),
         lambda: image,
-        lambda: tf.cast(tf.clip_by_value(
-            tf.image.resize(image, [size, size], antialias=True), 0, 255), tf.uint8),
+        lambda: _to_uint8(tf.image.resize(image, [size, size], antialias=True)),
     )
+
+
+def _to_uint8(resized: tf.Tensor) -> tf.Tensor:
+    """Resized float pixels back to uint8, rounded: truncating would turn a flat 128
+    into 127 wherever interpolation gives 127.99998."""
+    return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
 
 
 def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
@@ -189,7 +254,7 @@ def preprocess(
         new_hw = tf.cast(tf.math.ceil(tf.cast(tf.stack([height, width]), tf.float32) * scale), tf.int32)
         image = tf.cond(
             scale > 1.0,
-            lambda: tf.cast(tf.image.resize(image, new_hw), tf.uint8),
+            lambda: _to_uint8(tf.image.resize(image, new_hw)),
             lambda: image,
         )
         image = tf.image.stateless_random_crop(image, [size, size, channels], seed=seed)
@@ -201,27 +266,80 @@ def preprocess(
     return scale_to_unit_range(image)
 
 
+def find_bad_images(source: ImageSource, channels: int) -> tuple[BadImage, ...]:
+    """Every unusable file of an image-folder `source`, with the reason, sorted by path:
+    those its listing rejected and those that do not decode (one parallel decode of
+    every image; the rare failures are then diagnosed with Pillow)."""
+    names = list(source.records.map(lambda r: r["name"]).as_numpy_iterator())
+    decodable = source.records.map(
+        lambda r: (r["name"], tf.shape(decode_image(r["image"], channels))[0]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).ignore_errors()
+    good = {name for name, _ in decodable.as_numpy_iterator()}
+    failed = [os.fsdecode(name) for name in names if name not in good]
+    found = source.rejected + tuple(BadImage(path, _decode_failure(path, channels)) for path in failed)
+    return tuple(sorted(found, key=lambda bad: bad.path))
+
+
+def _decode_failure(path: str, channels: int) -> str:
+    reason = image_files.decode_failure(path)
+    if reason is not None:
+        return reason
+    try:
+        decode_image(tf.io.read_file(path), channels)
+    except tf.errors.OpError as error:  # the message without TF's op decorations
+        message = error.message.split("}}")[-1].split("[Op:")[0].strip()
+        return (f"TensorFlow cannot decode it ({message}) though Pillow can: re-saving it as PNG "
+                "or JPEG repairs it")
+    return "did not decode during the check but does now: was it being written?"
+
+
 def find_corrupt_images(source: ImageSource, channels: int) -> tuple[str, ...]:
-    """Names of the images of `source` that do not decode (one parallel pass)."""
-    all_names = [n.decode() for n in source.records.map(lambda r: r["name"]).as_numpy_iterator()]
-    decodable = (
-        source.records.map(
-            lambda r: (r["name"], tf.shape(decode_image(r["image"], channels))[0]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        ).ignore_errors()
-    )
-    good = {n.decode() for n, _ in decodable.as_numpy_iterator()}
-    return tuple(n for n in all_names if n not in good)
+    """Names of the unusable files of an image-folder `source` (`find_bad_images`
+    gives the reasons too)."""
+    return tuple(bad.path for bad in find_bad_images(source, channels))
 
 
 def without_corrupt(source: ImageSource, corrupt: tuple[str, ...]) -> ImageSource:
-    """`source` minus the named images."""
+    """`source` minus the named images (names of rejected files are already out)."""
     if not corrupt:
         return source
-    bad = tf.constant(list(corrupt))
+    rejected = {bad.path for bad in source.rejected}
+    in_records = [name for name in corrupt if name not in rejected]
+    bad = tf.constant([os.fsencode(name) for name in in_records] or [b""], tf.string)
     records = source.records.filter(lambda r: tf.logical_not(tf.reduce_any(tf.equal(r["name"], bad))))
     return dataclasses.replace(source, records=records,
-                               num_examples=source.num_examples - len(corrupt), corrupt=corrupt)
+                               num_examples=source.num_examples - len(in_records), corrupt=corrupt)
+
+
+def usable_images(source: ImageSource, channels: int, skip_bad: bool,
+                  bad: tuple[BadImage, ...] | None = None) -> ImageSource:
+    """An image-folder `source` without its unusable files (`bad`, default
+    `find_bad_images(source, channels)`).
+
+    Raises DataError naming each unusable file and why, unless `skip_bad`: then each
+    is logged and so is the total. Also raises if no image is left to use.
+    """
+    bad = find_bad_images(source, channels) if bad is None else bad
+    total = source.num_examples + len(source.rejected)
+    where = f"{source.name} split {source.split!r}"
+    if bad and not skip_bad:
+        shown = "\n  ".join(str(b) for b in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(f"{len(bad)} of {total} file(s) in {where} cannot be used:\n  {shown}{more}\n"
+                        "Fix or remove them, or pass --skip_corrupt to leave them out (each is "
+                        "logged).")
+    for each in bad:
+        logging.warning("Skipping %s", each)
+    source = without_corrupt(source, tuple(b.path for b in bad))
+    if bad:
+        logging.warning("Skipped %d of %d file(s) in %s; %d images left.", len(bad), total, where,
+                        source.num_examples)
+    if source.num_examples == 0:
+        raise DataError(f"{where} has no usable images: all {total} file(s) were skipped (see the "
+                        "log above)." if bad else f"{where} has no images: expected image files "
+                        f"in {source.split}/<label>/ folders.")
+    return source
 
 
 def training_dataset(
@@ -309,9 +427,14 @@ def _block_shuffle(records: tf.data.Dataset, block: int, seed: tf.Tensor) -> tf.
     return records.batch(block).enumerate().map(shuffle_block).unbatch()
 
 
-def peek_image_shape(source: ImageSource, channels: int) -> tuple[int, int]:
-    """(height, width) of the first image of `source`."""
-    for record in source.records.take(1):
-        image = decode_image(record["image"], channels)
-        return int(image.shape[0]), int(image.shape[1])
-    raise DataError(f"Dataset {source.name} split {source.split!r} has no images.")
+def peek_image_shape(source: ImageSource, channels: int, sample: int = 25) -> tuple[int, int]:
+    """Median (height, width) of the first `sample` images of `source`: the typical
+    size, which one odd image (a 1x1 icon in a folder of photos) does not change."""
+    shapes = source.records.take(sample).map(
+        lambda r: tf.shape(decode_image(r["image"], channels))[:2],
+        num_parallel_calls=tf.data.AUTOTUNE)
+    shapes = np.array(list(shapes.as_numpy_iterator()))
+    if not len(shapes):
+        raise DataError(f"Dataset {source.name} split {source.split!r} has no images.")
+    height, width = np.median(shapes, axis=0)
+    return int(height), int(width)

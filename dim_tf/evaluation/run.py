@@ -66,11 +66,8 @@ def load_encoder(config: EvalConfig):
 
 def _load_split(config: EvalConfig, dataset: str, split: str, channels: int, data_dir, manual_dir):
     source = pipeline.load_source(dataset, split, data_dir, manual_dir, config.download)
-    if image_folder_root(dataset) is not None:
-        corrupt = pipeline.find_corrupt_images(source, channels)
-        if corrupt:
-            logging.warning("Evaluation skips %d corrupt file(s) in split %s.", len(corrupt), split)
-            source = pipeline.without_corrupt(source, corrupt)
+    if image_folder_root(dataset) is not None:  # unusable files are logged and skipped
+        source = pipeline.usable_images(source, channels, skip_bad=True)
     return source
 
 
@@ -148,8 +145,10 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
 
 def _run_probes(config: EvalConfig, train: SplitFeatures, test: SplitFeatures, num_classes: int) -> dict:
     if not (train.labelled and test.labelled) or num_classes < 2:
-        return {"skipped": "the dataset has no labels for both splits (or a single class), so "
-                           "probes cannot be trained; the MI measures still ran."}
+        why = ("the data has a single class" if num_classes == 1 and train.labelled and test.labelled
+               else "the train and test splits are not both labelled")
+        return {"skipped": f"{why}: classification probes need labels of at least 2 classes. "
+                           "The MI measures (NDM, MINE, decoder MS-SSIM) still ran."}
     results: dict = {}
     for kind in config.probes:
         results[kind] = {}

@@ -5,7 +5,11 @@ Three backends share one batching loop:
 - `RestBackend`: TF Serving's REST API (POST /v1/models/NAME:predict, columnar
   "inputs" format), standard library only;
 - `GrpcBackend`: TF Serving's gRPC PredictionService (needs the `serving` extra:
-  tensorflow-serving-api), asking only for the wanted output;
+  tensorflow-serving-api), asking only for the wanted output. gRPC limits a
+  message to 4 MB unless both ends raise the limit: TF Serving accepts up to
+  2 GB, this client lifts its own limits, and a batch is split into requests
+  under 4 MB (`max_request_bytes`) so proxies and servers left at the default
+  accept them too; an image bigger than that goes alone;
 - `InProcessBackend`: the SavedModel loaded with `tf.saved_model.load`.
 
 Images are sent as uint8 [batch, height, width, channels]; the exported
@@ -25,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# gRPC's default message limit (4 MiB) less room for the request's other fields.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 class Backend(Protocol):
@@ -71,18 +77,27 @@ class GrpcBackend:
     """TF Serving gRPC PredictionService at HOST:PORT (default port 8500)."""
 
     def __init__(self, server: str, model_name: str, signature: str = "serving_default",
-                 version: int | None = None, timeout: float = 60.0):
+                 version: int | None = None, timeout: float = 60.0,
+                 max_request_bytes: int = MAX_REQUEST_BYTES):
         try:
             import grpc
             from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
         except ImportError as error:
             raise ImportError("The gRPC client needs tensorflow-serving-api: "
                               "pip install 'dim-tf[serving]'.") from error
-        self._predict_pb2 = predict_pb2
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server))
-        self.model_name, self.signature, self.version, self.timeout = model_name, signature, version, timeout
+        self._grpc, self._predict_pb2 = grpc, predict_pb2
+        # -1: no client-side limit; responses (e.g. `local` maps) can exceed 4 MB.
+        channel = grpc.insecure_channel(server, options=[("grpc.max_send_message_length", -1),
+                                                         ("grpc.max_receive_message_length", -1)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self.server, self.model_name, self.signature = server, model_name, signature
+        self.version, self.timeout, self.max_request_bytes = version, timeout, max_request_bytes
 
     def predict(self, images, output):
+        return np.concatenate([self._predict(chunk, output)
+                               for chunk in request_chunks(images, self.max_request_bytes)])
+
+    def _predict(self, images, output):
         request = self._predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
         request.model_spec.signature_name = self.signature
@@ -90,8 +105,21 @@ class GrpcBackend:
             request.model_spec.version.value = self.version
         request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
         request.output_filter.append(output)
-        response = self._stub.Predict(request, timeout=self.timeout)
+        try:
+            response = self._stub.Predict(request, timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            raise RuntimeError(f"TF Serving at {self.server} answered {error.code().name} to a "
+                               f"request of {request.ByteSize()} bytes ({len(images)} images "
+                               f"{list(images.shape[1:])}): {error.details()}") from error
         return tf.make_ndarray(response.outputs[output])
+
+
+def request_chunks(images: np.ndarray, max_bytes: int) -> list[np.ndarray]:
+    """Splits a batch into consecutive chunks of at most `max_bytes` of pixels, at
+    least one image each (an empty batch stays one empty chunk)."""
+    per_image = max(1, images[0].nbytes if len(images) else 1)
+    step = max(1, max_bytes // per_image)
+    return [images[i:i + step] for i in range(0, len(images), step)] or [images]
 
 
 def list_images(folder: str) -> list[str]:

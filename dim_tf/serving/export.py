@@ -9,27 +9,34 @@
   code), `fc`, `conv` and `local`, in float32.
 - signature `encode_normalized`: `images`, float32 [batch, size, size,
   channels] already scaled to [-1, 1]; the same outputs.
+
+A wrong dtype is refused by the signature's TensorSpec; a wrong rank, channel
+count, image size or zero height/width fails inside the graph with a message
+saying what was expected (neither TF Serving nor a loaded signature checks
+shapes). An empty batch returns empty outputs, [0, ...] of the feature sizes.
 - `assets.extra/tf_serving_warmup_requests` and the run's metadata files.
 
-The version is written to a hidden temporary directory beside it and renamed
-into place, so a server watching `export_dir` (it loads the highest numeric
-version) never sees a partial export; an existing version is replaced only
-with `overwrite=True`.
+The version is written to a hidden staging directory and published by an
+atomic rename (`dim_tf.serving.versions`): a server watching `export_dir` (it
+loads the highest numeric version) never sees a partial export, even if the
+exporter is killed, and concurrent exports get different versions. An
+existing version is replaced only with `overwrite=True`, atomically too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from dim_tf.data.labels import LABELS_FILE
 from dim_tf.data.pipeline import convert_channels, resize_to, scale_to_unit_range
+from dim_tf.faults import kill_point
 from dim_tf.models.encoders import FEATURE_NAMES
+from dim_tf.serving.versions import reserve_version
 from dim_tf.serving.warmup import write_warmup_file
 
 SERVING_SIGNATURE = "serving_default"
@@ -37,38 +44,53 @@ NORMALIZED_SIGNATURE = "encode_normalized"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
-def next_version(export_dir: str) -> int:
-    """1 + the highest numeric version directory in `export_dir` (1 if none)."""
-    if not os.path.isdir(export_dir):
-        return 1
-    versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()]
-    return max(versions, default=0) + 1
+def _require(images: tf.Tensor, condition: tf.Tensor, expected: str) -> tf.Tensor:
+    """`images`, once `condition` holds; otherwise the call fails with `expected` and
+    the shape that came (TF Serving returns the message to the client)."""
+    check = tf.debugging.Assert(condition, [f"{expected}; got shape", tf.shape(images)], summarize=16)
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
 
 
 def _serving_functions(encoder: keras.Model):
     size, channels = int(encoder.input_shape[1]), int(encoder.input_shape[3])
+    feature_shapes = {name: encoder.output[name].shape[1:] for name in FEATURE_NAMES}
 
     def features(images):
-        outputs = encoder(images, training=False)
-        return {name: tf.cast(outputs[name], tf.float32) for name in FEATURE_NAMES}
+        def encode():
+            outputs = encoder(images, training=False)
+            return {name: tf.cast(outputs[name], tf.float32) for name in FEATURE_NAMES}
+
+        def empty():  # the encoder's batch norm fails on a batch of zero images
+            return {name: tf.zeros([0, *shape], tf.float32) for name, shape in feature_shapes.items()}
+
+        return tf.cond(tf.shape(images)[0] > 0, encode, empty)
+
+    def serve_normalized(images):
+        # Neither the loaded signature nor TF Serving enforces the TensorSpec's shape. The
+        # shape is compared as text: from the TensorSpec, TF folds tf.rank() to 4 even
+        # when another rank comes, and tensors of unequal length cannot be compared.
+        shape = tf.strings.reduce_join(tf.strings.as_string(tf.shape(images)), separator=",")
+        shape_ok = tf.strings.regex_full_match(shape, rf"\d+,{size},{size},{channels}")
+        return features(_require(images, shape_ok, f"images must be float32 [batch, {size}, "
+                                                   f"{size}, {channels}] scaled to [-1, 1]"))
 
     def serve_uint8(images):
-        rank_ok = tf.debugging.Assert(
-            tf.equal(tf.rank(images), 4),
-            ["images must be uint8 [batch, height, width, channels]; got shape", tf.shape(images)])
-        with tf.control_dependencies([rank_ok]):
-            # Static rank 4 from here on (the reshape only runs after the check).
-            images = tf.reshape(images, tf.shape(images)[:4] + tf.zeros([4], tf.int32))
-        depth_ok = tf.debugging.Assert(
-            tf.logical_or(tf.equal(tf.shape(images)[-1], 1), tf.equal(tf.shape(images)[-1], 3)),
-            ["images must have 1 (gray) or 3 (RGB) channels; got shape", tf.shape(images)])
-        with tf.control_dependencies([depth_ok]):
-            prepared = resize_to(convert_channels(images, channels), size)
+        images = _require(images, tf.equal(tf.rank(images), 4),
+                          "images must be uint8 [batch, height, width, channels]")
+        # Static rank 4 from here on (the reshape only runs after the check).
+        images = tf.reshape(images, tf.shape(images)[:4] + tf.zeros([4], tf.int32))
+        shape = tf.shape(images)
+        images = _require(images, tf.logical_or(tf.equal(shape[3], 1), tf.equal(shape[3], 3)),
+                          "images must have 1 (gray) or 3 (RGB) channels")
+        images = _require(images, tf.reduce_all(shape[1:3] > 0),
+                          "images must be at least 1x1 pixels (height and width >= 1)")
+        prepared = resize_to(convert_channels(images, channels), size)
         return features(scale_to_unit_range(tf.ensure_shape(prepared, [None, size, size, channels])))
 
     uint8_spec = tf.TensorSpec(None, tf.uint8, name="images")
     float_spec = tf.TensorSpec([None, size, size, channels], tf.float32, name="images")
-    return (serve_uint8, uint8_spec), (features, float_spec)
+    return (serve_uint8, uint8_spec), (serve_normalized, float_spec)
 
 
 def warmup_requests(encoder: keras.Model, batch_sizes=(1, 4)) -> list[dict[str, np.ndarray]]:
@@ -85,6 +107,7 @@ def export_encoder(
     version: int | None = None,
     overwrite: bool = False,
     extra_assets: dict[str, str] | None = None,
+    lock_timeout: float = 600.0,
 ) -> str:
     """Exports `encoder` as `export_dir/<version>` (see the module docstring).
 
@@ -94,66 +117,55 @@ def export_encoder(
         version: version number; default: the next free integer.
         overwrite: replace an existing version.
         extra_assets: {file name: text} written to `assets.extra/` (training
-            flags, dataset, step, evaluation summary).
+            flags, dataset, step, class names, evaluation summary).
+        lock_timeout: seconds to wait for another export into `export_dir`.
 
     Returns:
         The path of the version directory.
 
     Raises:
         FileExistsError: the version exists and `overwrite` is False.
+        TimeoutError: another export into `export_dir` did not finish in time.
     """
-    os.makedirs(export_dir, exist_ok=True)
-    version = next_version(export_dir) if version is None else int(version)
-    if version < 1:
-        raise ValueError(f"version must be a positive integer; got {version}.")
-    final = os.path.join(export_dir, str(version))
-    if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"Export version {final} exists; pass --overwrite to replace it "
-                              "or --version to choose another.")
     archive = keras.export.ExportArchive()
     archive.track(encoder)
     (serve, serve_spec), (normalized, normalized_spec) = _serving_functions(encoder)
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[serve_spec])
     archive.add_endpoint(NORMALIZED_SIGNATURE, normalized, input_signature=[normalized_spec])
 
-    staging = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=export_dir)
-    try:
-        archive.write_out(staging, verbose=False)
-        extra = os.path.join(staging, "assets.extra")
+    with reserve_version(export_dir, version, overwrite, lock_timeout) as slot:
+        archive.write_out(slot.staging, verbose=False)
+        kill_point("export.saved_model_written")
+        extra = os.path.join(slot.staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         write_warmup_file(os.path.join(extra, WARMUP_FILE), warmup_requests(encoder), SERVING_SIGNATURE)
         for name, text in (extra_assets or {}).items():
             with open(os.path.join(extra, name), "w", encoding="utf-8") as f:
                 f.write(text)
-        _replace_directory(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def _replace_directory(source: str, target: str) -> None:
-    """Renames `source` to `target`; an existing `target` is moved aside first and
-    deleted after, so `target` is always either the old or the new version."""
-    if not os.path.exists(target):
-        os.rename(source, target)  # fails rather than merging if a racer created it
-        return
-    aside = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
-    os.rmdir(aside)
-    os.rename(target, aside)
-    os.rename(source, target)
-    shutil.rmtree(aside, ignore_errors=True)
+            kill_point("export.asset_written")
+        slot.publish()
+    return slot.path
 
 
 def run_assets(model_dir: str, step: int) -> dict[str, str]:
     """assets.extra files describing a training run: its settings, flags, step and,
-    when present, its evaluation summary."""
+    when present, its class list (labels.json, copied unchanged so the label
+    indices users of the export see are the training run's) and its evaluation
+    summary."""
     assets = {}
     for name, source in (("config.json", "config.json"), ("flags.txt", "flags.txt"),
+                         (LABELS_FILE, LABELS_FILE),
                          ("evaluation.json", os.path.join("evaluation", "report.json"))):
         path = os.path.join(model_dir, source)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 assets[name] = f.read()
+            if name.endswith(".json"):  # a damaged file must not be published as the run's
+                try:
+                    json.loads(assets[name])
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path} is not valid JSON ({error}); expected the file "
+                                     "the training run wrote. Restore or delete it.") from error
     info = {"model_dir": os.path.abspath(model_dir), "step": int(step)}
     if "config.json" in assets:
         config = json.loads(assets["config.json"])
@@ -163,10 +175,13 @@ def run_assets(model_dir: str, step: int) -> dict[str, str]:
 
 
 def export_run(
-    model_dir: str, export_dir: str, version: int | None = None, overwrite: bool = False
+    model_dir: str, export_dir: str, version: int | None = None, overwrite: bool = False,
+    extra_assets: dict[str, str] | None = None,
 ) -> str:
     """Restores the newest checkpoint of the training run in `model_dir` and exports
-    its encoder (see `export_encoder`). Returns the version directory.
+    its encoder (see `export_encoder`), with the run's `run_assets` and
+    `extra_assets` (e.g. an evaluation report made elsewhere). Returns the
+    version directory.
 
     Raises:
         FileNotFoundError: `model_dir` has no config.json or no checkpoint.
@@ -192,4 +207,4 @@ def export_run(
     checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
     step = int(model.optimizer.iterations.numpy())
     return export_encoder(model.encoder, export_dir, version, overwrite,
-                          extra_assets=run_assets(model_dir, step))
+                          extra_assets={**run_assets(model_dir, step), **(extra_assets or {})})

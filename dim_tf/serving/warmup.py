@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from dim_tf.faults import kill_point
+
 # PredictionLog.predict_log = 6; PredictLog.request = 1; PredictRequest.model_spec = 1,
 # PredictRequest.inputs = 2 (map<string, TensorProto>: entry key = 1, value = 2);
 # ModelSpec.name = 1, ModelSpec.signature_name = 3.
@@ -58,3 +60,4 @@ def write_warmup_file(path: str, requests: list[dict[str, np.ndarray]], signatur
     with tf.io.TFRecordWriter(path) as writer:
         for inputs in requests:
             writer.write(predict_request_log(inputs, signature_name=signature_name))
+            kill_point("export.warmup_record")

@@ -27,6 +27,7 @@ Typical use::
 from __future__ import annotations
 
 import math
+import re
 
 import keras
 import tensorflow as tf
@@ -44,6 +45,18 @@ from dim_tf.objectives.estimators import canonical_estimator, per_example_mi
 
 LOCAL_CRITICS = ("dot", "concat")
 NEGATIVES = ("replica", "global")
+# The error a non-finite step raises reads
+#   assertion failed: [NaN or Inf at DIM training step] [STEP] [in:] [NAME NAME ...]
+NON_FINITE_MARKER = "NaN or Inf at DIM training step"
+_NON_FINITE = re.compile(re.escape(NON_FINITE_MARKER) + r"\] \[(\d+)\] \[in:\] \[([^\]]*)\]")
+
+
+def non_finite_step(error: BaseException) -> tuple[int, list[str]] | None:
+    """(step, names) from the error of a non-finite `train_step`: the 1-based step
+    that was not applied and the log keys of its non-finite values (such as
+    "local_mi", "prior_disc_loss", "encoder_gradients"); None for another error."""
+    match = _NON_FINITE.search(str(error))
+    return (int(match.group(1)), match.group(2).split()) if match else None
 
 
 def default_optimizer(learning_rate: float = 1e-4) -> keras.optimizers.Optimizer:
@@ -343,34 +356,66 @@ class DeepInfoMax(keras.Model):
         with tf.GradientTape() as encoder_tape, tf.GradientTape() as prior_tape:
             encoder_per_example, prior_per_example, terms, features = self._step_terms(
                 images, training=True)
-            encoder_loss = tf.debugging.check_numerics(
-                self._global_mean(encoder_per_example),
-                "DIM encoder-side loss is NaN or Inf (lower the learning rate or check "
-                "the input images)",
-            )
+            encoder_loss = self._global_mean(encoder_per_example)
             scaled_encoder_loss = self.optimizer.scale_loss(encoder_loss)
             if prior_per_example is not None:
                 prior_loss = self._global_mean(prior_per_example)
-        encoder_vars = self.encoder_side_variables
         # Gradients of D's loss never reach the encoder (stop-gradient on the codes),
         # and each optimiser only ever sees its own player's variables.
-        encoder_grads = encoder_tape.gradient(scaled_encoder_loss, encoder_vars)
+        encoder_vars = self.encoder_side_variables
+        updates = {"encoder": (self.optimizer, encoder_vars,
+                               encoder_tape.gradient(scaled_encoder_loss, encoder_vars))}
         if prior_per_example is not None:
             prior_vars = self.prior_variables
-            prior_grads = prior_tape.gradient(prior_loss, prior_vars)
-            self.prior_optimizer.apply_gradients(zip(prior_grads, prior_vars))
-        self.optimizer.apply_gradients(zip(encoder_grads, encoder_vars))
+            updates["prior"] = (self.prior_optimizer, prior_vars,
+                                prior_tape.gradient(prior_loss, prior_vars))
+        checked = dict(terms)
         weights = {}
         if self.monitors and labels is not None:
             with tf.GradientTape() as monitor_tape:
                 monitor_loss, monitor_terms, labelled = self._monitor_terms(features, labels, True)
                 monitor_loss = self._global_mean(monitor_loss)
             monitor_vars = self.monitor_variables
-            self.monitor_optimizer.apply_gradients(
-                zip(monitor_tape.gradient(monitor_loss, monitor_vars), monitor_vars))
+            updates["monitor"] = (self.monitor_optimizer, monitor_vars,
+                                  monitor_tape.gradient(monitor_loss, monitor_vars))
+            checked["monitor_loss"] = monitor_loss
             terms.update(monitor_terms)
             weights = {name: labelled for name in monitor_terms}
+        checked.update({f"{player}_gradients": grads for player, (_, _, grads) in updates.items()})
+        # No variable of any player (nor an iteration count) moves unless every term
+        # and gradient of this step is finite: a NaN/Inf stops training with the
+        # previous step's weights and counters.
+        with tf.control_dependencies([self._assert_finite(checked)]):
+            for optimizer, variables, grads in updates.values():
+                optimizer.apply_gradients(zip(grads, variables))
         return self._logs(terms, weights)
+
+    def _assert_finite(self, checked: dict) -> tf.Operation:
+        """An op that fails, naming every non-finite entry of `checked` ({name: tensor
+        or list of tensors}), if any value is NaN or Inf on any replica.
+
+        One reduction per tensor and, with several replicas, one small all-reduce so
+        every worker stops at the same step; no host synchronisation.
+        """
+        names = sorted(checked)
+
+        def bad(value):
+            parts = value if isinstance(value, (list, tuple)) else [value]
+            # x * 0 is 0 for finite x and NaN for NaN or Inf: one reduction per tensor.
+            total = tf.add_n([tf.reduce_sum(tf.cast(p, tf.float32) * 0.0)
+                              for p in parts if p is not None])
+            return tf.cast(tf.logical_not(tf.math.is_finite(total)), tf.float32)
+
+        flags = tf.stack([bad(checked[name]) for name in names])
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            flags = tf.distribute.get_replica_context().all_reduce("sum", flags)
+        flags = flags > 0
+        return tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(flags)),
+            [NON_FINITE_MARKER, self.optimizer.iterations + 1, "in:",
+             tf.boolean_mask(tf.constant(names), flags)],
+            summarize=len(names),
+        )
 
     def test_step(self, data):
         images, labels = _images_and_labels(data)

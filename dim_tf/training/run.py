@@ -7,10 +7,15 @@ The run owns `model_dir`:
     model_dir/logs/train/        TensorBoard scalars
     model_dir/summary.json       steps done, wall time, images/s, last metrics
 
-Rerunning the same config continues from the newest checkpoint (even after
-kill -9: checkpoints are written under new names and the index is replaced
-atomically), with the same batches an uninterrupted run would have seen; a
-finished run is not trained again.
+Rerunning the same config continues from the newest readable checkpoint (even
+after kill -9, see checkpoints.py), with the same batches an uninterrupted run
+would have seen; a finished run is not trained again. One process trains in a
+model_dir at a time, and the directory is probed for writing before training
+(model_dir.py). A NaN or Inf in any term or gradient stops the run before that
+step changes any weight (dim_model.py); nothing non-finite is saved.
+
+Fault injection points (dim_tf/faults.py): "train.step_end" after every step's
+training and before its checkpoint, and the "checkpoint.*" points of a save.
 """
 
 from __future__ import annotations
@@ -28,19 +33,20 @@ import tensorflow as tf
 from absl import logging
 
 from dim_tf.config import ConfigError, TrainConfig
-from dim_tf.data import pipeline
+from dim_tf.data import labels, pipeline
 from dim_tf.models.encoders import build_encoder
-from dim_tf.training.checkpoints import restore_latest, training_checkpoint
-from dim_tf.training.dim_model import DeepInfoMax, default_optimizer
+from dim_tf.faults import kill_point
+from dim_tf.training import model_dir as model_dir_lib
+from dim_tf.training.checkpoints import (
+    CheckpointStore,
+    checkpoint_bytes,
+    restore_latest,
+    training_checkpoint,
+)
+from dim_tf.training.checkpoints import remove_leftovers as remove_checkpoint_leftovers
+from dim_tf.training.dim_model import DeepInfoMax, default_optimizer, non_finite_step
+from dim_tf.training.errors import NonFiniteError, Preempted, TrainingError
 from dim_tf.training.strategy import is_chief, make_strategy, worker_id
-
-
-class TrainingError(RuntimeError):
-    """Training stopped; the message says why and what was kept."""
-
-
-class Preempted(TrainingError):
-    """SIGTERM arrived (e.g. a preemption notice); a checkpoint was saved first."""
 
 
 @dataclasses.dataclass
@@ -56,11 +62,12 @@ class TrainResult:
     export_path: str | None
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _write_run_file(path: str, text: str) -> None:
+    try:
+        model_dir_lib.atomic_write_text(path, text)
+    except OSError as error:
+        raise TrainingError(f"Could not write {path}: {error.strerror or error}. Free space or "
+                            "fix the permissions there, then rerun the same command.") from error
 
 
 def _global_step(model) -> int:
@@ -81,14 +88,14 @@ def _metric_tag(name: str) -> str:
 class _CheckpointEvery(keras.callbacks.Callback):
     """Saves every `every` steps and at the end of every epoch."""
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+    def __init__(self, store: CheckpointStore, every: int):
         super().__init__()
-        self.manager, self.every, self.last_saved = manager, every, None
+        self.store, self.every, self.last_saved = store, every, None
 
     def _save(self):
         step = _global_step(self.model)
         if step != self.last_saved:
-            self.manager.save(checkpoint_number=step)
+            self.store.save(checkpoint_number=step)
             self.last_saved = step
 
     def on_train_batch_end(self, batch, logs=None):
@@ -97,6 +104,13 @@ class _CheckpointEvery(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._save()
+
+
+class _KillPoint(keras.callbacks.Callback):
+    """Fault injection point "train.step_end": a step trained, its checkpoint not yet written."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        kill_point("train.step_end")
 
 
 class _StopOnSigterm(keras.callbacks.Callback):
@@ -179,28 +193,19 @@ def _check_resumable(config: TrainConfig) -> None:
     if conflicts:
         raise ConfigError(
             f"--model_dir={config.model_dir} holds a run with other settings, which this run would "
-            "resume from:\n  " + "\n  ".join(conflicts) + "\nUse a new --model_dir, or the run's "
-            "own settings (its flags.txt works as a --flagfile)."
+            "resume from:\n  " + "\n  ".join(conflicts) + "\nUse a new --model_dir, the run's "
+            "own settings (its flags.txt works as a --flagfile), or --start_over to move the old "
+            "run aside and train from step 0."
         )
 
 
 def _prepare_source(config: TrainConfig) -> pipeline.ImageSource:
     source = pipeline.load_source(config.dataset, config.train_split, config.data_dir,
                                   config.manual_dir, config.download)
+    if config.folder is not None:  # every file decoded once: unusable ones stop the run or are skipped
+        source = pipeline.usable_images(source, config.channels, skip_bad=config.skip_corrupt)
     if source.num_examples == 0:
         raise pipeline.DataError(f"--dataset={config.dataset} split {config.train_split!r} has no images.")
-    if config.folder is not None:
-        corrupt = pipeline.find_corrupt_images(source, config.channels)
-        if corrupt and not config.skip_corrupt:
-            shown = "\n  ".join(corrupt[:10])
-            more = f"\n  ... and {len(corrupt) - 10} more" if len(corrupt) > 10 else ""
-            raise pipeline.DataError(
-                f"{len(corrupt)} image file(s) in {config.folder!r} cannot be decoded:\n  {shown}{more}\n"
-                "Fix or remove them, or pass --skip_corrupt to train without them."
-            )
-        if corrupt:
-            logging.warning("Skipping %d corrupt image file(s): %s", len(corrupt), ", ".join(corrupt))
-            source = pipeline.without_corrupt(source, corrupt)
     height, width = pipeline.peek_image_shape(source, config.channels)
     if min(height, width) < config.image_size:
         raise ConfigError(
@@ -227,17 +232,25 @@ def build_model(config: TrainConfig, monitor_classes: int | None = None) -> Deep
     return model
 
 
-def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> TrainResult:
+def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
+          start_over: bool = False) -> TrainResult:
     """Trains (or resumes) the run of `config`; see the module docstring.
 
     Args:
         config: the run's settings.
         extra_files: {file name: text} written into model_dir by the chief
             (the CLI's resolved flags).
+        start_over: move an existing run in model_dir aside (to a sibling
+            `MODEL_DIR.old-TIMESTAMP`) and train from step 0.
 
     Raises:
-        ConfigError, pipeline.DataError: before any training, for bad settings or data.
-        TrainingError: the loss became NaN/Inf; the last checkpoint is kept.
+        ConfigError, pipeline.DataError: before any training, for bad settings or data,
+            a model_dir with another run's settings, or one that cannot be written.
+        ModelDirBusy: another process is training in model_dir.
+        CheckpointError: a checkpoint could not be written (earlier ones are kept),
+            or none of the run's checkpoints can be read.
+        NonFiniteError: a term or gradient became NaN/Inf; the last checkpoint is kept.
+        Preempted: SIGTERM; the current step was saved.
     """
     config.check_paths()
     if config.mixed_precision:
@@ -248,6 +261,29 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
     if config.batch_size % replicas:
         raise ConfigError(f"--batch_size={config.batch_size} must be divisible by the number of "
                           f"replicas ({replicas}).")
+    chief = is_chief(strategy)
+    if not chief:  # only the chief writes in model_dir, so only it takes the lock
+        return _train_in(config, strategy, chief, extra_files, start_over)
+    model_dir_lib.check_writable(config.model_dir)
+    with model_dir_lib.ModelDirLock(config.model_dir):
+        if start_over:
+            moved_to = model_dir_lib.start_over(config.model_dir)
+            if moved_to:
+                logging.warning("--start_over: moved the previous run in %s to %s.",
+                                config.model_dir, moved_to)
+        removed = model_dir_lib.remove_leftovers(config.model_dir)
+        removed += remove_checkpoint_leftovers(os.path.join(config.model_dir, "checkpoints"))
+        if removed:
+            logging.info("Removed %d temporary file(s) left by an interrupted run: %s",
+                         len(removed), ", ".join(removed))
+        return _train_in(config, strategy, chief, extra_files, start_over)
+
+
+def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool,
+              extra_files: dict[str, str] | None, start_over: bool) -> TrainResult:
+    """`train` once the chief owns model_dir (or on a non-chief worker)."""
+    if not start_over:
+        _check_resumable(config)
     source = _prepare_source(config)
     steps_per_epoch = source.num_examples // config.batch_size
     if steps_per_epoch == 0:
@@ -259,36 +295,46 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     total_steps = config.epochs * steps_per_epoch
 
-    chief = is_chief(strategy)
-    _check_resumable(config)
-    os.makedirs(config.model_dir, exist_ok=True)
+    labels.check_labels(config.model_dir, source.label_names, config.dataset)
     checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
     monitor_classes = len(source.label_names) if len(source.label_names) >= 2 else None
     with strategy.scope():
         model = build_model(config, monitor_classes)
     checkpoint = training_checkpoint(model)
-    # Every worker restores the chief's checkpoint; non-chief workers must take
+    # Every worker restores the chief's checkpoint (only the chief repairs the
+    # directory); with --start_over the chief has just emptied it, and the other
+    # workers must not read what it is moving away. Non-chief workers must take
     # part in saving too, but into a scratch directory that is then discarded.
-    manager, restored = restore_latest(checkpoint, checkpoint_dir, config.keep_checkpoints)
+    if start_over:
+        store, restored = CheckpointStore(checkpoint, checkpoint_dir, config.keep_checkpoints), None
+    else:
+        store, restored = restore_latest(checkpoint, checkpoint_dir, config.keep_checkpoints,
+                                         repair=chief)
     scratch = None
     if not chief:
         scratch = os.path.join(config.model_dir, f".worker_{worker_id(strategy)}")
-        manager = tf.train.CheckpointManager(checkpoint, scratch, max_to_keep=1)
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed run's copy
+        store = CheckpointStore(checkpoint, scratch, max_to_keep=1)
     start_step = _global_step(model)
     if restored:
         logging.info("Resuming from %s at step %d of %d.", restored, start_step, total_steps)
     if chief:
-        _atomic_write_text(os.path.join(config.model_dir, "config.json"), config.to_json())
+        if start_step < total_steps:
+            model_dir_lib.check_free_space(config.model_dir, checkpoint_bytes(model))
+        _write_run_file(os.path.join(config.model_dir, "config.json"), config.to_json())
+        _write_run_file(os.path.join(config.model_dir, labels.LABELS_FILE),
+                        labels.labels_json(source.label_names))
         for name, text in (extra_files or {}).items():
-            _atomic_write_text(os.path.join(config.model_dir, name), text)
+            _write_run_file(os.path.join(config.model_dir, name), text)
 
     tick = time.perf_counter()
     logger = _ScalarLogger(os.path.join(config.model_dir, "logs", "train") if chief else None,
                            config.log_every, config.batch_size)
-    # The stop callback runs before the checkpoint callback, so the stop request
-    # of a step is seen before that epoch's final save.
+    # The kill point and the stop callback run before the checkpoint callback:
+    # a step is killed before its save, and the stop request of a step is seen
+    # before that epoch's final save.
     stopper = _StopOnSigterm()
-    callbacks = [stopper, _CheckpointEvery(manager, config.checkpoint_every), logger]
+    callbacks = [_KillPoint(), stopper, _CheckpointEvery(store, config.checkpoint_every), logger]
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Workers receive signals independently and would stop at different steps,
         # deadlocking the collectives: rely on resuming from the last checkpoint.
@@ -301,19 +347,24 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
             logs = _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks,
                              stop=lambda: stopper.requested)
         except tf.errors.InvalidArgumentError as error:
-            if "NaN or Inf" not in str(error):
+            found = non_finite_step(error)
+            if found is None:
                 raise
-            raise TrainingError(
-                f"Training stopped at step {_global_step(model)}: the loss became NaN or "
-                f"Inf. The last checkpoint ({manager.latest_checkpoint}) is intact; lower "
-                "--learning_rate or check the data, then rerun to resume."
-            ) from error
+            step, terms = found
+            logged = {m.name for m in model.metrics}
+            named = ", ".join(f"{_metric_tag(t)} ({t})" if t in logged else t for t in terms)
+            raise NonFiniteError(
+                f"Training stopped at step {step} of {total_steps}: NaN or Inf "
+                f"in {named}. No weight of that step was applied or saved; the last checkpoint "
+                f"({store.latest_checkpoint or 'none'}) is intact. Lower --learning_rate or check "
+                "the data, then rerun to resume from it."
+            ) from None
     seconds = time.perf_counter() - tick
     end_step = _global_step(model)
     if stopper.requested:
         raise Preempted(
             f"Stopped by SIGTERM at step {end_step} of {total_steps}; checkpoint "
-            f"{manager.latest_checkpoint} holds it. Rerun the same command to resume."
+            f"{store.latest_checkpoint} holds it. Rerun the same command to resume."
         )
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -333,8 +384,8 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None) -> Tra
         skipped_images=source.corrupt, export_path=export_path,
     )
     if chief:
-        _atomic_write_text(os.path.join(config.model_dir, "summary.json"),
-                           json.dumps(dataclasses.asdict(result), indent=2))
+        _write_run_file(os.path.join(config.model_dir, "summary.json"),
+                        json.dumps(dataclasses.asdict(result), indent=2))
     return result
 
 

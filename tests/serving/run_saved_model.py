@@ -4,8 +4,11 @@
 
 INPUTS.npz holds uint8 arrays named u8_*, float32 arrays named f32_*; each runs
 through serving_default or encode_normalized, and every output is saved as
-<input name>/<output name>. The warm-up records are parsed with the real
-TF Serving protos and replayed; their count is saved as "warmup_replayed".
+<input name>/<output name>. Arrays named err_serve_* / err_normalized_* must
+fail in serving_default / encode_normalized (fed with their own dtype); the
+error message is saved as <input name>/error. The warm-up records are parsed
+with the real TF Serving protos and replayed; their count is saved as
+"warmup_replayed".
 """
 
 import os
@@ -22,6 +25,14 @@ def main(saved_model, inputs_path, outputs_path):
     normalized = loaded.signatures["encode_normalized"]
     outputs = {}
     for name, array in np.load(inputs_path).items():
+        if name.startswith("err_"):
+            fn = serve if name.startswith("err_serve_") else normalized
+            try:
+                fn(images=tf.constant(array))
+            except (tf.errors.InvalidArgumentError, TypeError, ValueError) as error:
+                outputs[f"{name}/error"] = np.array(str(error))
+                continue
+            raise AssertionError(f"{name} {array.dtype}{list(array.shape)} was accepted")
         fn = serve if name.startswith("u8_") else normalized
         for key, value in fn(images=tf.constant(array)).items():
             outputs[f"{name}/{key}"] = value.numpy()

@@ -82,33 +82,87 @@ def test_rest_client_against_loopback_server(exported):
     np.testing.assert_allclose(features, _direct(path, folder), atol=1e-5)
 
 
+class _GrpcServing:
+    """A loopback PredictionService running the SavedModel, counting request sizes.
+
+    `max_receive` None keeps gRPC's default 4 MB request limit; TF Serving itself
+    raises it to 2 GB (model_servers/server.cc: SetMaxMessageSize(kint32max))."""
+
+    def __init__(self, path, max_receive=None):
+        import grpc
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        signature = tf.saved_model.load(path).signatures["serving_default"]
+        self.request_bytes = []
+
+        class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+            def Predict(inner, request, context):  # noqa: N802,N805 (gRPC API)
+                assert request.model_spec.name == "dim"
+                self.request_bytes.append(request.ByteSize())
+                images = tf.constant(tf.make_ndarray(request.inputs["images"]))
+                outputs = signature(images=images)
+                response = predict_pb2.PredictResponse()
+                for key in request.output_filter:
+                    response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+                return response
+
+        options = [] if max_receive is None else [("grpc.max_receive_message_length", max_receive)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+
+    def __enter__(self):
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop(None)
+
+
 def test_grpc_client_against_loopback_server(exported):
-    grpc = pytest.importorskip("grpc")
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
+    pytest.importorskip("grpc")
     path, folder = exported
-    signature = tf.saved_model.load(path).signatures["serving_default"]
-
-    class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):  # noqa: N802 (gRPC API)
-            assert request.model_spec.name == "dim"
-            images = tf.constant(tf.make_ndarray(request.inputs["images"]))
-            outputs = signature(images=images)
-            response = predict_pb2.PredictResponse()
-            for key in request.output_filter:
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
-            return response
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        features, _ = client.embed_folder(client.GrpcBackend(f"127.0.0.1:{port}", "dim"),
+    with _GrpcServing(path) as serving:
+        features, _ = client.embed_folder(client.GrpcBackend(serving.address, "dim"),
                                           str(folder), batch_size=5, progress=False)
-    finally:
-        server.stop(None)
     np.testing.assert_allclose(features, _direct(path, folder), atol=1e-5)
+
+
+def test_grpc_client_handles_messages_over_4mb(exported):
+    """Requests over 4 MB are split (a server at gRPC's default limit accepts them),
+    an image over 4 MB goes alone (TF Serving accepts it), and responses over 4 MB
+    are received."""
+    pytest.importorskip("grpc")
+    path, _ = exported
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    large = rng.integers(0, 256, (6, 640, 640, 3), dtype=np.uint8)  # 7.4 MB
+    many = rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)  # conv answer: 4.9 MB
+    huge = rng.integers(0, 256, (1, 1300, 1300, 3), dtype=np.uint8)  # 5.1 MB, one image
+
+    with _GrpcServing(path) as serving:
+        backend = client.GrpcBackend(serving.address, "dim")
+        np.testing.assert_allclose(backend.predict(large, "y"),
+                                   signature(images=large)["y"].numpy(), atol=1e-5)
+        assert len(serving.request_bytes) > 1
+        assert max(serving.request_bytes) < 4 * 1024 * 1024
+        conv = backend.predict(many, "conv")
+        assert conv.nbytes > 4 * 1024 * 1024
+        np.testing.assert_allclose(conv, signature(images=many)["conv"].numpy(), atol=1e-5)
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED to a request of 50700"):
+            backend.predict(huge, "y")
+    with _GrpcServing(path, max_receive=2**31 - 1) as serving:
+        y = client.GrpcBackend(serving.address, "dim").predict(huge, "y")
+    np.testing.assert_allclose(y, signature(images=huge)["y"].numpy(), atol=1e-5)
+
+
+def test_request_chunks_stay_under_the_limit_and_keep_order():
+    images = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)  # 48 bytes each
+    chunks = client.request_chunks(images, max_bytes=100)
+    assert [len(c) for c in chunks] == [2, 2, 2, 2, 2]
+    np.testing.assert_array_equal(np.concatenate(chunks), images)
+    assert [len(c) for c in client.request_chunks(images, max_bytes=10)] == [1] * 10
+    assert [c.shape for c in client.request_chunks(images[:0], max_bytes=100)] == [(0, 4, 4, 3)]
 
 
 def test_embed_command_writes_npy_and_file_list(exported, tmp_path):

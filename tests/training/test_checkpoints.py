@@ -1,4 +1,8 @@
-"""Checkpoints restore the model and both optimisers exactly."""
+"""Checkpoints restore the model and both optimisers exactly, and survive faults."""
+
+import glob
+import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -6,6 +10,8 @@ import pytest
 import tensorflow as tf
 
 from dim_tf import DeepInfoMax, build_encoder, restore_latest, training_checkpoint
+from dim_tf.training.checkpoints import CheckpointStore, remove_leftovers
+from dim_tf.training.errors import CheckpointError
 from tests.training.synthetic import disc_images
 
 
@@ -51,3 +57,91 @@ def test_checkpoint_needs_compiled_model():
     model = DeepInfoMax(build_encoder("basic32x32"), mi_units=8)
     with pytest.raises(ValueError, match="Compile"):
         training_checkpoint(model)
+
+
+# ------------------------------------------------ CheckpointStore under faults
+
+
+def _store(directory, value=0.0, max_to_keep=3):
+    variable = tf.Variable([value, value])
+    return CheckpointStore(tf.train.Checkpoint(v=variable), str(directory), max_to_keep), variable
+
+
+def _saved(directory, steps):
+    store, variable = _store(directory)
+    for step in steps:
+        variable.assign([float(step), float(step)])
+        store.save(step)
+    return store
+
+
+def test_store_keeps_the_newest_and_tensorflow_reads_its_state_file(tmp_path):
+    store = _saved(tmp_path, [1, 2, 3, 4])
+    assert store.numbers() == [2, 3, 4]
+    assert not glob.glob(str(tmp_path / "ckpt-1.*"))
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-4")
+    assert tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths == [
+        str(tmp_path / f"ckpt-{n}") for n in (2, 3, 4)]
+
+
+def test_leftovers_of_killed_saves_are_removed_and_complete_checkpoints_kept(tmp_path):
+    _saved(tmp_path, [2])
+    (tmp_path / ".saving-ckpt-4-123").mkdir()
+    (tmp_path / ".saving-ckpt-4-123" / "ckpt-4.index").write_bytes(b"x")
+    (tmp_path / "ckpt-4.data-00000-of-00001").write_bytes(b"partial")
+    (tmp_path / "ckpt-6_temp").mkdir()
+    (tmp_path / "checkpoint.tmp-99").write_text("partial")
+    removed = remove_leftovers(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == [
+        ".saving-ckpt-4-123", "checkpoint.tmp-99", "ckpt-4.data-00000-of-00001", "ckpt-6_temp"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+
+
+def test_unreadable_newest_falls_back_to_the_previous_and_is_set_aside(tmp_path, caplog):
+    _saved(tmp_path, [2, 4])
+    data = tmp_path / "ckpt-4.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:3])
+    store, variable = _store(tmp_path)
+    with caplog.at_level("WARNING", logger="absl"):
+        assert store.restore_newest_readable() == str(tmp_path / "ckpt-2")
+    assert variable.numpy().tolist() == [2.0, 2.0]
+    assert str(tmp_path / "ckpt-4") in caplog.text and "cannot be read" in caplog.text
+    assert sorted(os.listdir(tmp_path / "unreadable")) == [
+        "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-2")
+
+
+def test_a_non_owner_falls_back_without_touching_the_files(tmp_path):
+    _saved(tmp_path, [2, 4])
+    (tmp_path / "ckpt-4.index").write_bytes(b"not an index")
+    before = sorted(os.listdir(tmp_path))
+    store, variable = _store(tmp_path)
+    assert store.restore_newest_readable(repair=False) == str(tmp_path / "ckpt-2")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_no_readable_checkpoint_raises_naming_each_and_moves_nothing(tmp_path):
+    _saved(tmp_path, [2, 4])
+    for index in glob.glob(str(tmp_path / "*.index")):
+        Path(index).write_bytes(b"not an index")
+    before = sorted(os.listdir(tmp_path))
+    store, _ = _store(tmp_path)
+    with pytest.raises(CheckpointError, match="No checkpoint in .* can be read") as error:
+        store.restore_newest_readable()
+    assert str(tmp_path / "ckpt-2") in str(error.value) and str(tmp_path / "ckpt-4") in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_failed_write_names_the_checkpoint_and_leaves_the_earlier_ones(tmp_path, monkeypatch):
+    store = _saved(tmp_path, [2])
+
+    def full_disk(prefix):
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        Path(f"{prefix}.data-00000-of-00001").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.checkpoint, "write", full_disk)
+    with pytest.raises(CheckpointError, match="Could not write checkpoint .*ckpt-4: OSError: .*No "
+                                              "space left on device.*newest: .*ckpt-2"):
+        store.save(4)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]

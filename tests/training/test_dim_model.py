@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from dim_tf import DeepInfoMax, build_encoder
+from dim_tf.training.dim_model import non_finite_step
 from tests.training.synthetic import disc_images
 
 
@@ -121,13 +122,45 @@ def test_test_step_reports_validation_losses_without_updating():
     assert {"local_loss", "global_loss", "prior_disc_loss"} <= set(logs)
 
 
-def test_nan_loss_stops_with_a_clear_error():
+def _state(model):
+    return _values(model.trainable_weights + model.optimizer.variables
+                   + model.prior_optimizer.variables)
+
+
+def test_non_finite_step_names_step_and_terms_and_moves_nothing():
     model = _model()
     model.compile()
-    images = disc_images(4)
+    images = disc_images(12)
+    model.fit(images[:8], batch_size=4, epochs=1, verbose=0, shuffle=False)  # steps 1 and 2
+    before = _state(model)
+    images = images[8:].copy()
     images[0, 0, 0, 0] = np.nan
-    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf") as error:
         model.fit(images, batch_size=4, epochs=1, verbose=0)
+    step, names = non_finite_step(error.value)
+    assert step == 3
+    assert {"loss", "local_loss", "local_mi", "encoder_gradients"} <= set(names)
+    # No weight, slot or iteration count of either player moved.
+    assert not any(_changed(before, model.trainable_weights + model.optimizer.variables
+                            + model.prior_optimizer.variables))
+
+
+def test_non_finite_prior_discriminator_is_named_alone():
+    model = _model()
+    model.compile()
+    model.prior_discriminator.layers[-1].bias.assign([np.inf])  # D(.) = +inf everywhere
+    before = _state(model)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        model.fit(disc_images(4), batch_size=4, epochs=1, verbose=0)
+    step, names = non_finite_step(error.value)
+    assert step == 1 and "prior_disc_loss" in names
+    assert not {"loss", "local_loss", "local_mi", "encoder_gradients"} & set(names)
+    assert not any(_changed(before, model.trainable_weights + model.optimizer.variables
+                            + model.prior_optimizer.variables))
+
+
+def test_other_errors_are_not_taken_for_non_finite_steps():
+    assert non_finite_step(tf.errors.InvalidArgumentError(None, None, "Incompatible shapes")) is None
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,224 @@
+"""Image datasets as TFRecord shards: written once (the pipeline's ingest stage), read
+by training and evaluation as `--dataset=tfrecord:DIR` like any other source.
+
+A dataset directory holds, per split, shards `<split>-NNNNN-of-MMMMM.tfrecord` of
+`tf.train.Example`s with the image still encoded (JPEG/PNG bytes: a quarter of the
+decoded size, and decoding is the input pipeline's job), its label and its
+original name; `schema.json` (features, class names, splits and their shards and
+counts) and `statistics.json` (per split: images per label, image sizes and
+channels, files that did not decode). The schema is written last and atomically,
+so a directory without one was not finished and is refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Mapping
+
+import keras
+import tensorflow as tf
+
+from dim_tf.config import image_folder_root
+from dim_tf.data.pipeline import DataError, ImageSource, find_bad_images, usable_images
+
+SCHEMA_FILE = "schema.json"
+STATISTICS_FILE = "statistics.json"
+SCHEMA_VERSION = 1
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/name": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def _shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def _example(encoded: bytes, label: int, name: bytes) -> bytes:
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        "image/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        "image/name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _atomic_json(path: str, value) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def _split_statistics(label_counts, heights, widths, channels, label_names, bad) -> dict:
+    def summary(values):
+        counts = collections.Counter(values)
+        return {"min": min(values), "max": max(values), "mean": sum(values) / len(values),
+                "most_common": [[v, n] for v, n in counts.most_common(5)]}
+
+    return {
+        "num_examples": sum(label_counts.values()),
+        "examples_per_label": {
+            (label_names[k] if 0 <= k < len(label_names) else str(k)): n
+            for k, n in sorted(label_counts.items())
+        },
+        "height": summary(heights),
+        "width": summary(widths),
+        "file_channels": {str(c): n for c, n in sorted(collections.Counter(channels).items())},
+        "corrupt_files": [{"path": b.path, "reason": b.reason} for b in bad],
+    }
+
+
+def write_tfrecord_dataset(
+    sources: Mapping[str, ImageSource],
+    output_dir: str,
+    check_channels: int = 3,
+    examples_per_shard: int = 10_000,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Writes the splits `sources` ({split name: source}) as a TFRecord dataset.
+
+    Every image is decoded once, to check it and to count its size and channels.
+    Files of a folder source that cannot be used (catalogue datasets are assumed
+    valid) stop the write with their paths and reasons, or with `skip_corrupt`
+    are left out and listed, with the reasons, in the statistics.
+
+    Args:
+        sources: the splits to write, e.g. from `load_source`.
+        output_dir: a new or empty directory.
+        check_channels: decode images to this many channels when checking them.
+        examples_per_shard: shard size.
+        skip_corrupt: leave undecodable images out instead of failing.
+        progress: show a progress bar per split.
+
+    Returns:
+        The statistics written to statistics.json.
+
+    Raises:
+        DataError: a split is empty, or has unusable files without `skip_corrupt`.
+    """
+    if examples_per_shard < 1:
+        raise ValueError(f"examples_per_shard must be >= 1; got {examples_per_shard}.")
+    os.makedirs(output_dir, exist_ok=True)
+    label_names = next(iter(sources.values())).label_names if sources else ()
+    schema = {"version": SCHEMA_VERSION, "features": {k: v.dtype.name for k, v in _FEATURES.items()},
+              "label_names": list(label_names), "splits": {}}
+    statistics = {}
+    for split, source in sources.items():
+        if source.label_names != label_names:
+            raise DataError(f"Split {split!r} has classes {list(source.label_names)}, other splits "
+                            f"{list(label_names)}: the label indices would not agree.")
+        bad = ()
+        if image_folder_root(source.name) is not None:
+            bad = find_bad_images(source, check_channels)
+            source = usable_images(source, check_channels, skip_corrupt, bad)
+        elif source.num_examples == 0:
+            raise DataError(f"Split {split!r} of {source.name} has no images.")
+        shards = max(1, -(-source.num_examples // examples_per_shard))
+        files = [_shard_name(split, i, shards) for i in range(shards)]
+        described = source.records.map(
+            lambda r: (r["image"], r["label"], r["name"],
+                       tf.shape(tf.io.decode_image(r["image"], channels=0, expand_animations=False))),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        label_counts, heights, widths, channels = collections.Counter(), [], [], []
+        bar = keras.utils.Progbar(source.num_examples, unit_name="image") if progress else None
+        written = 0
+        writer = None
+        for encoded, label, name, shape in described.as_numpy_iterator():
+            if written % examples_per_shard == 0:
+                writer = _next_shard(writer, output_dir, files[written // examples_per_shard])
+            writer.write(_example(encoded, int(label), name))
+            label_counts[int(label)] += 1
+            heights.append(int(shape[0]))
+            widths.append(int(shape[1]))
+            channels.append(int(shape[2]))
+            written += 1
+            if bar is not None and written % 1000 == 0 and written < source.num_examples:
+                bar.update(written)
+        _next_shard(writer, output_dir, None)
+        if bar is not None:
+            bar.update(written, finalize=True)
+        if written != source.num_examples:
+            raise DataError(f"Split {split!r} of {source.name}: expected {source.num_examples} "
+                            f"images, read {written}.")
+        schema["splits"][split] = {"num_examples": written, "files": files, "source": source.name}
+        statistics[split] = _split_statistics(label_counts, heights, widths, channels, label_names,
+                                              bad)
+    _atomic_json(os.path.join(output_dir, STATISTICS_FILE), statistics)
+    _atomic_json(os.path.join(output_dir, SCHEMA_FILE), schema)
+    return statistics
+
+
+class _Shard:
+    """A shard written to a temporary name and renamed when complete."""
+
+    def __init__(self, directory: str, name: str):
+        self.path = os.path.join(directory, name)
+        self.temporary = f"{self.path}.tmp-{os.getpid()}"
+        self.writer = tf.io.TFRecordWriter(self.temporary)
+
+    def write(self, record: bytes) -> None:
+        self.writer.write(record)
+
+    def close(self) -> None:
+        self.writer.close()
+        os.replace(self.temporary, self.path)
+
+
+def _next_shard(current: _Shard | None, directory: str, name: str | None) -> _Shard | None:
+    if current is not None:
+        current.close()
+    return _Shard(directory, name) if name is not None else None
+
+
+def read_tfrecord_schema(root: str) -> dict:
+    """The schema.json of a dataset written by `write_tfrecord_dataset`.
+
+    Raises:
+        DataError: `root` is missing or was not (completely) written.
+    """
+    path = os.path.join(root, SCHEMA_FILE)
+    if not os.path.isdir(root):
+        raise DataError(f"TFRecord dataset {root!r} does not exist.")
+    if not os.path.exists(path):
+        raise DataError(f"{root!r} has no {SCHEMA_FILE}: not a dataset written by the ingest stage "
+                        "(or its writing did not finish; run the ingest again).")
+    with open(path, encoding="utf-8") as f:
+        schema = json.load(f)
+    if schema.get("version") != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema version {schema.get('version')!r}, this dim_tf reads "
+                        f"version {SCHEMA_VERSION}; ingest the data again.")
+    return schema
+
+
+def tfrecord_source(root: str, split: str) -> ImageSource:
+    """`split` of the TFRecord dataset in `root`, in its written order."""
+    schema = read_tfrecord_schema(root)
+    if split not in schema["splits"]:
+        raise DataError(f"TFRecord dataset {root!r} has no split {split!r}; it has: "
+                        f"{', '.join(sorted(schema['splits'])) or 'none'}.")
+    info = schema["splits"][split]
+    files = [os.path.join(root, name) for name in info["files"]]
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+        raise DataError(f"TFRecord dataset {root!r} split {split!r} is missing shard(s): "
+                        f"{', '.join(missing)}.")
+
+    def parse(serialized):
+        example = tf.io.parse_single_example(serialized, _FEATURES)
+        return {"image": example["image/encoded"], "label": example["image/label"],
+                "name": example["image/name"]}
+
+    # Shards read in sequence (not interleaved): the order, and so the resumable
+    # training stream, is a function of the files alone.
+    records = tf.data.TFRecordDataset(files, buffer_size=8 << 20).map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ImageSource(name=f"tfrecord:{root}", split=split, records=records,
+                       num_examples=int(info["num_examples"]),
+                       label_names=tuple(schema["label_names"]))

@@ -1,0 +1,174 @@
+"""The pipeline end to end on a tiny image tree: artifacts, caching, reruns, blessing, failures."""
+
+import json
+import os
+
+import pytest
+
+from tests.pipelines.conftest import parameters, pipeline_flags, run_cli, versions
+
+STAGES = ("ingest", "train", "evaluate", "push")
+
+
+def _run(image_tree, root, *extra, **kwargs):
+    from pipelines.pipeline import run_pipeline
+
+    return run_pipeline(str(root), parameters(image_tree, root, *extra), **kwargs)
+
+
+def _statuses(root):
+    from pipelines.pipeline import open_store
+
+    with open_store(str(root)) as store:
+        assert store.integrity_check() == "ok"
+        return [(e.stage, e.status) for e in store.executions()]
+
+
+def test_full_run_then_cache_hits_then_a_training_change_reruns_downstream_only(image_tree, tmp_path):
+    root = tmp_path / "root"
+    first = _run(image_tree, root)
+    assert not any(r.cached for r in first.values())
+
+    examples = first["ingest"].outputs["examples"].uri
+    assert examples.startswith(str(root / "ingest" / first["ingest"].execution.run_id))
+    schema = json.load(open(os.path.join(examples, "schema.json")))
+    assert schema["splits"]["train"]["num_examples"] == 24
+    assert schema["label_names"] == ["class_0", "class_1"]
+    statistics = json.load(open(os.path.join(examples, "statistics.json")))
+    assert statistics["test"]["examples_per_label"] == {"class_0": 6, "class_1": 6}
+    assert statistics["train"]["height"]["min"] == statistics["train"]["height"]["max"] == 32
+    assert statistics["train"]["corrupt_files"] == []
+
+    model = first["train"].outputs["model"]
+    assert model.properties["steps"] == 3
+    assert json.load(open(os.path.join(model.uri, "config.json")))["dataset"] == f"tfrecord:{examples}"
+    report = json.load(open(os.path.join(first["evaluate"].outputs["evaluation"].uri, "report.json")))
+    assert set(report["probes"]["linear"]) == {"conv", "y"}
+    pushed = first["push"].outputs["pushed_model"].uri
+    assert pushed == str(root / "saved_models" / "tiny" / "1")
+    assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
+    assert os.path.exists(os.path.join(pushed, "assets.extra", "evaluation_report.json"))
+
+    second = _run(image_tree, root)
+    assert all(second[s].cached for s in STAGES)
+    assert {s: r.outputs["model"].uri for s, r in second.items() if "model" in r.outputs} == {
+        "train": model.uri}
+    assert versions(root / "saved_models" / "tiny") == ["1"]
+
+    third = _run(image_tree, root, "--learning_rate=3e-4")
+    assert [s for s in STAGES if third[s].cached] == ["ingest"]
+    assert third["train"].outputs["model"].uri != model.uri
+    assert third["push"].outputs["pushed_model"].uri.endswith(os.path.join("tiny", "2"))
+
+    statuses = _statuses(root)
+    assert statuses.count(("ingest", "complete")) == 1
+    assert statuses.count(("train", "complete")) == 2
+    assert statuses.count(("push", "cached")) == 1
+
+    listing = run_cli("pipelines.lineage", f"--pipeline_root={root}").stdout
+    assert listing.count("pipeline run ") == 3 and "cached from" in listing
+    blessing_id = third["push"].outputs["blessing"].id
+    lineage = run_cli("pipelines.lineage", f"--pipeline_root={root}", f"--artifact={blessing_id}").stdout
+    for stage in STAGES:
+        assert f" {stage} (complete" in lineage
+
+
+def test_push_refuses_an_unblessed_model_and_pushes_a_blessed_one(image_tree, tmp_path):
+    root = tmp_path / "root"
+    destination = root / "saved_models" / "tiny"
+    refused = _run(image_tree, root, "--min_accuracy=101")
+    blessing = refused["push"].outputs["blessing"]
+    assert "pushed_model" not in refused["push"].outputs
+    assert not blessing.properties["blessed"]
+    assert "below --min_accuracy=101" in blessing.properties["reasons"][0]
+    assert json.load(open(blessing.uri))["blessed"] is False
+    assert not destination.exists() or not versions(destination)
+
+    missing_metric = _run(image_tree, root, "--blessing_metric=knn/fc")
+    assert "has no 'knn/fc' accuracy" in missing_metric["push"].outputs["blessing"].properties["reasons"][0]
+
+    random = refused["evaluate"].outputs["baseline_evaluation"].properties["accuracy"]["linear/conv"]
+    trained = refused["evaluate"].outputs["evaluation"].properties["accuracy"]["linear/conv"]
+    impossible_gain = trained - random + 1
+    not_better = _run(image_tree, root, f"--min_gain_over_random={impossible_gain}")
+    assert "above the random encoder" in not_better["push"].outputs["blessing"].properties["reasons"][0]
+
+    blessed = _run(image_tree, root, "--min_accuracy=0", f"--min_gain_over_random={impossible_gain - 2}")
+    assert [s for s in STAGES if not blessed[s].cached] == ["push"]
+    assert blessed["push"].outputs["blessing"].properties["blessed"]
+    assert versions(destination) == ["1"]
+
+
+def test_a_failing_stage_leaves_the_store_consistent_and_the_next_run_resumes(
+        image_tree, tmp_path, monkeypatch):
+    import dataclasses
+
+    from pipelines import pipeline
+
+    root = tmp_path / "root"
+    original = {s.name: s for s in pipeline.STAGES}
+
+    def broken_evaluate(context):
+        os.makedirs(os.path.join(context.output_dir, "evaluation"))
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple(
+        dataclasses.replace(s, execute=broken_evaluate) if s.name == "evaluate" else s
+        for s in pipeline.STAGES))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        _run(image_tree, root)
+    assert _statuses(root) == [("ingest", "complete"), ("train", "complete"),
+                               ("evaluate", "failed")]
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple(original.values()))
+    resumed = _run(image_tree, root)
+    assert [s for s in STAGES if resumed[s].cached] == ["ingest", "train"]
+    assert _statuses(root)[-2:] == [("evaluate", "complete"), ("push", "complete")]
+
+
+def test_each_stage_runs_alone_from_the_command_line(image_tree, tmp_path):
+    root = tmp_path / "root"
+    flags = pipeline_flags(image_tree, root)
+    early = run_cli("pipelines.train", *flags, check=False)
+    assert early.returncode == 2
+    assert "python -m pipelines.ingest" in early.stderr
+    for bad, message in (("--encoder=nope", "--encoder='nope' is not valid"),
+                         ("--blessing_metric=knn/fc", "--blessing_metric=knn/fc: not evaluated"),
+                         ("--force=trian", "--force=trian: not a stage")):
+        refused = run_cli("pipelines.run", *flags, bad, check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-1000:]
+    assert not os.path.exists(root / "ingest")
+
+    for stage in STAGES:
+        output = run_cli(f"pipelines.{stage}", *flags).stdout
+        assert f"{stage}: execution" in output and "cached" not in output
+    assert "blessed: yes" in output
+    again = run_cli("pipelines.evaluate", *flags).stdout
+    assert "cached" in again
+    assert [s for s, status in _statuses(root)] == ["ingest", "train", "evaluate", "push", "evaluate"]
+    whole = run_cli("pipelines.run", *flags).stdout
+    assert whole.count("cached (execution") == 4
+
+
+def test_kubeflow_compilation_names_all_four_stages(tmp_path):
+    import yaml
+
+    from pipelines.kubeflow import compile_pipeline
+
+    path = compile_pipeline(str(tmp_path / "dim.yaml"), image="example.com/dim-tf:test",
+                            flagfile="configs/pipeline_cifar10.flags", pvc="dim-data",
+                            train_accelerator="nvidia.com/gpu")
+    spec, platform = yaml.safe_load_all(open(path))
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {f"dim-{s}" for s in STAGES}
+    assert tasks["dim-train"]["dependentTasks"] == ["dim-ingest"]
+    assert tasks["dim-push"]["dependentTasks"] == ["dim-evaluate"]
+    executors = spec["deploymentSpec"]["executors"]
+    for stage in STAGES:
+        container = executors[f"exec-dim-{stage}"]["container"]
+        assert container["image"] == "example.com/dim-tf:test"
+        assert container["command"] == ["python", "-m", f"pipelines.{stage}"]
+    assert executors["exec-dim-train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {name: m["pvcMount"][0]["constant"] for name, m in mounts.items()} == {
+        f"exec-dim-{s}": "dim-data" for s in STAGES}
