@@ -1,0 +1,269 @@
+r"""How fast does DIM train here, and how close is that to the machine's matmul peak?
+
+    python -m dim_tf.benchmark                                  # the paper's DIM(L) step
+    python -m dim_tf.benchmark --mixed_precision --mi_units=512
+    python -m dim_tf.benchmark --suite                          # the README's scaling table
+    python -m dim_tf.benchmark --input_only --dataset=folder:~/.cache/dim_tf/cifar10_jpeg
+
+Each configuration prints one JSON line: images/s (median of --repeats timed
+runs of --steps steps each, after warm-up, with the min and max), milliseconds
+per step, FLOP per training image counted from the traced training step's own
+graph (`dim_tf.flops`), the achieved GFLOP/s and that as a percentage of the
+float32 and bfloat16 matmul peaks the same process measured first (a large
+square `tf.matmul` in a `tf.function`), and the process's peak resident memory.
+Training runs on synthetic images through the same Keras train function `fit`
+uses; `--input_only` times the input pipeline alone (decode, random crop and
+flip, batching) on a real dataset.
+
+`--suite` runs each configuration of the table in a fresh subprocess (so its
+peak memory and dtype policy are its own) and prints their lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """One training-step configuration to time."""
+
+    encoder: str = "basic32x32"
+    estimator: str = "jsd"
+    mi_units: int = 2048
+    batch_size: int = 64
+    alpha: float = 0.0
+    beta: float = 1.0
+    gamma: float = 0.1
+    mixed_precision: bool = False
+    strategy: str = "one_device"
+    devices: int = 2
+
+
+def cpu_name() -> str:
+    """The CPU model as `lscpu` names it (figures are only comparable on one CPU)."""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(run_steps, steps: int, repeats: int) -> list[float]:
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_steps(steps)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def matmul_peak_gflops(dtype: str, size: int = 4096, repeats: int = 5) -> float:
+    """Median GFLOP/s of a size x size x size `tf.matmul` of `dtype` in a tf.function."""
+    import tensorflow as tf
+
+    a = tf.random.uniform([size, size], dtype=tf.float32)
+    b = tf.random.uniform([size, size], dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+
+    @tf.function
+    def product(x, y):
+        # The sum makes the result depend on every element, so nothing is skipped,
+        # and returns a scalar, so fetching it costs nothing.
+        return tf.reduce_sum(tf.cast(tf.matmul(x, y)[:1], tf.float32))
+
+    product(a, b).numpy()
+    seconds = _timed(lambda n: [product(a, b).numpy() for _ in range(n)], 1, repeats)
+    return 2 * size**3 / statistics.median(seconds) / 1e9
+
+
+def _summary(images_per_step: int, steps: int, seconds: list[float]) -> dict:
+    rates = [images_per_step * steps / s for s in seconds]
+    return {"images_per_second": statistics.median(rates),
+            "images_per_second_min": min(rates), "images_per_second_max": max(rates),
+            "ms_per_step": 1000 * statistics.median(seconds) / steps}
+
+
+def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats: int = 3,
+                   peaks: dict[str, float] | None = None) -> dict:
+    """Times training steps of `config` on synthetic data; returns the JSON record.
+
+    Call in a fresh process per precision: the dtype policy is global.
+    """
+    import keras
+    import tensorflow as tf
+
+    from dim_tf.config import TrainConfig
+    from dim_tf.flops import function_flops
+    from dim_tf.training.run import build_model
+
+    if config.mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    if config.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(config.devices)])
+    elif config.strategy == "one_device":
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    else:
+        raise ValueError(f"strategy must be one_device or mirrored; got {config.strategy!r}.")
+    train_config = TrainConfig(
+        model_dir="<benchmark>", encoder=config.encoder, estimator=config.estimator,
+        mi_units=config.mi_units, batch_size=config.batch_size, alpha=config.alpha,
+        beta=config.beta, gamma=config.gamma, mixed_precision=config.mixed_precision, monitor=False)
+    with strategy.scope():
+        model = build_model(train_config)
+    size = train_config.image_size
+    images = tf.random.uniform([config.batch_size, size, size, train_config.channels], -1, 1, seed=0)
+    labels = tf.zeros([config.batch_size], tf.int64)
+
+    flops = function_flops(tf.function(model.train_step),
+                           (tf.TensorSpec(images.shape), tf.TensorSpec(labels.shape, tf.int64)))
+    flop_per_image = sum(flops.values()) / config.batch_size
+
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((images, labels)).repeat())
+    iterator = iter(dataset)
+    model.make_train_function()
+    train_function = model.train_function
+
+    def run_steps(n):
+        for _ in range(n):
+            logs = train_function(iterator)
+        float(tf.nest.flatten(logs)[0].numpy().ravel()[0])  # wait for the last step
+
+    run_steps(warmup)
+    record = {"kind": "train_step", "config": dataclasses.asdict(config),
+              **_summary(config.batch_size, steps, _timed(run_steps, steps, repeats)),
+              "flop_per_image": flop_per_image,
+              "flop_by_op": {k: v / config.batch_size for k, v in sorted(flops.items())}}
+    record["achieved_gflops"] = record["images_per_second"] * flop_per_image / 1e9
+    for name, peak in (peaks or {}).items():
+        record[f"{name}_peak_gflops"] = peak
+        record[f"percent_of_{name}_peak"] = 100 * record["achieved_gflops"] / peak
+    record["peak_rss_mb"] = peak_rss_mb()
+    record["cpu"] = cpu_name()
+    return record
+
+
+def benchmark_input(dataset: str, batch_size: int = 64, image_size: int = 32, channels: int = 3,
+                    random_crop: bool = True, random_flip: bool = True, steps: int = 100,
+                    warmup: int = 20, repeats: int = 3) -> dict:
+    """Images/s of the training input pipeline of `dataset` alone (no model)."""
+    from dim_tf.data import pipeline
+
+    source = pipeline.load_source(dataset, "train")
+    stream = pipeline.training_dataset(
+        source, global_batch_size=batch_size, steps_per_epoch=source.num_examples // batch_size,
+        start_step=0, seed=0, image_size=image_size, channels=channels, random_crop=random_crop,
+        random_flip=random_flip)
+    iterator = iter(stream)
+
+    def run_steps(n):
+        for _ in range(n):
+            next(iterator)
+
+    run_steps(warmup)
+    return {"kind": "input_pipeline", "dataset": dataset, "batch_size": batch_size,
+            "random_crop": random_crop, "random_flip": random_flip,
+            **_summary(batch_size, steps, _timed(run_steps, steps, repeats)),
+            "peak_rss_mb": peak_rss_mb(), "cpu": cpu_name()}
+
+
+def suite_configs() -> list[StepConfig]:
+    """The scaling table: batch size, mi_units, estimator, prior, precision, strategy."""
+    base = StepConfig()
+    configs = [base]
+    configs += [dataclasses.replace(base, batch_size=b) for b in (32, 128, 256)]
+    configs += [dataclasses.replace(base, mi_units=m) for m in (512, 1024)]
+    configs += [dataclasses.replace(base, estimator=e) for e in ("nce", "dv")]
+    configs += [dataclasses.replace(base, gamma=0.0)]
+    configs += [dataclasses.replace(base, mixed_precision=True)]
+    configs += [dataclasses.replace(base, mixed_precision=True, mi_units=512)]
+    configs += [dataclasses.replace(base, strategy="mirrored")]
+    return configs
+
+
+def _flags_of(config: StepConfig) -> list[str]:
+    return [f"--{k}={v}" for k, v in dataclasses.asdict(config).items()]
+
+
+def _split_cpu(devices: int) -> None:
+    """Splits the CPU into logical devices (must run before TensorFlow initialises)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+
+
+def _define_flags() -> None:
+    """The command line's flags (defined only when run as a command, so importing
+    this module as a library never clashes with another entry point's flags)."""
+    flags.DEFINE_string("encoder", "basic32x32", "Encoder architecture.")
+    flags.DEFINE_string("estimator", "jsd", "MI estimator.")
+    flags.DEFINE_integer("mi_units", 2048, "Width of the MI heads.")
+    flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+    flags.DEFINE_float("alpha", 0.0, "Global MI weight.")
+    flags.DEFINE_float("beta", 1.0, "Local MI weight.")
+    flags.DEFINE_float("gamma", 0.1, "Prior weight (0: no prior discriminator).")
+    flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 compute.")
+    flags.DEFINE_string("strategy", "one_device", "one_device, or mirrored over --devices logical CPUs.")
+    flags.DEFINE_integer("devices", 2, "Logical CPU devices for --strategy=mirrored.")
+    flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).")
+    flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
+    flags.DEFINE_bool("suite", False, "Run the scaling table (each configuration in a subprocess).")
+    flags.DEFINE_bool("input_only", False, "Time the input pipeline of --dataset alone.")
+    flags.DEFINE_string("dataset", None, "For --input_only: folder:PATH or tfrecord:DIR.")
+    flags.DEFINE_bool("random_crop", True, "For --input_only: random crops.")
+    flags.DEFINE_bool("random_flip", True, "For --input_only: random flips.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    common = [f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}", f"--repeats={FLAGS.repeats}"]
+    if FLAGS.suite:
+        for config in suite_configs():
+            result = subprocess.run([sys.executable, "-m", "dim_tf.benchmark", *_flags_of(config),
+                                     *common], capture_output=True, text=True)
+            lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+            if result.returncode or not lines:
+                print(json.dumps({"config": dataclasses.asdict(config),
+                                  "error": result.stderr.strip().splitlines()[-1:]}), flush=True)
+            else:
+                print(lines[-1], flush=True)
+        return
+    if FLAGS.input_only:
+        if not FLAGS.dataset:
+            raise app.UsageError("--input_only needs --dataset (folder:PATH or tfrecord:DIR).")
+        print(json.dumps(benchmark_input(os.path.expanduser(FLAGS.dataset), FLAGS.batch_size,
+                                         random_crop=FLAGS.random_crop, random_flip=FLAGS.random_flip,
+                                         repeats=FLAGS.repeats)), flush=True)
+        return
+    if FLAGS.strategy == "mirrored":
+        _split_cpu(FLAGS.devices)
+    peaks = {"float32": matmul_peak_gflops("float32"), "bfloat16": matmul_peak_gflops("bfloat16")}
+    config = StepConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(StepConfig)})
+    print(json.dumps(benchmark_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, peaks)), flush=True)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

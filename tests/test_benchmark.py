@@ -1,0 +1,104 @@
+"""What the benchmark computes: FLOP counts against hand counts, its JSON record, bf16 dtypes."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dim_tf.benchmark import StepConfig, benchmark_step, matmul_peak_gflops
+from dim_tf.flops import function_flops
+
+REPO_ROOT = __file__.rsplit("/tests/", 1)[0]
+
+
+def test_training_step_flops_of_a_small_model_match_a_hand_count():
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(5, 3, padding="same"),
+        keras.layers.Conv2D(4, 1),
+        keras.layers.Flatten(),
+        keras.layers.Dense(2),
+    ])
+
+    @tf.function
+    def step(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(images))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    flops = function_flops(step, tf.TensorSpec([2, 8, 8, 3]))
+    positions = 2 * 8 * 8
+    conv1 = 2 * positions * 3 * 3 * 3 * 5  # 3x3 conv, 3 -> 5 channels
+    conv2 = 2 * positions * 5 * 4          # 1x1 conv, 5 -> 4
+    dense = 2 * 2 * 256 * 2                # [2, 256] x [256, 2]
+    # Backward: every layer's weight gradient, and the input gradient of every layer
+    # but the first (nothing needs the gradient with respect to the images).
+    assert flops == {"Conv2D": conv1 + conv2, "Conv2DBackpropFilter": conv1 + conv2,
+                     "Conv2DBackpropInput": conv2, "MatMul": 3 * dense}
+
+
+def test_batched_products_and_einsum_are_counted_with_broadcasting():
+    @tf.function
+    def products(a, b, c):
+        return tf.matmul(a, b, transpose_b=True), tf.einsum("nmc,kc->nmk", a[0], c)
+
+    flops = function_flops(products, tf.TensorSpec([3, 4, 5, 6]), tf.TensorSpec([7, 6]),
+                           tf.TensorSpec([2, 6]))
+    assert flops == {"BatchMatMulV2": 2 * 3 * 4 * 5 * 6 * 7, "Einsum": 2 * 4 * 5 * 6 * 2}
+
+
+def test_the_paper_step_costs_two_gflop_per_image_mostly_in_the_local_head():
+    from dim_tf.config import TrainConfig
+    from dim_tf.training.run import build_model
+
+    model = build_model(TrainConfig(model_dir="unused", mi_units=2048, batch_size=8, monitor=False))
+    flops = function_flops(tf.function(model.train_step),
+                           (tf.TensorSpec([8, 32, 32, 3]), tf.TensorSpec([8], tf.int64)))
+    per_image = sum(flops.values()) / 8
+    # The local head's mi_units x mi_units 1x1 convolution on the 8 x 8 local map, forward
+    # and its two backward products: about 80% of the step.
+    square_layer = 3 * 2 * 64 * 2048 * 2048
+    assert 0.75 < square_layer / per_image < 0.85
+    assert 1.9e9 < per_image < 2.1e9
+
+
+def test_benchmark_record_has_every_field():
+    record = benchmark_step(StepConfig(mi_units=16, batch_size=8), steps=1, warmup=1, repeats=2,
+                            peaks={"float32": 100.0, "bfloat16": 200.0})
+    for key in ("images_per_second", "images_per_second_min", "images_per_second_max", "ms_per_step",
+                "flop_per_image", "achieved_gflops", "percent_of_float32_peak",
+                "percent_of_bfloat16_peak", "peak_rss_mb", "cpu", "config"):
+        assert key in record, key
+    assert record["images_per_second_min"] <= record["images_per_second"] <= record["images_per_second_max"]
+    assert record["percent_of_float32_peak"] == pytest.approx(record["achieved_gflops"])
+    assert record["percent_of_bfloat16_peak"] == pytest.approx(record["achieved_gflops"] / 2)
+    json.dumps(record)
+
+
+def test_matmul_peak_is_positive_and_finite():
+    peak = matmul_peak_gflops("float32", size=256, repeats=2)
+    assert np.isfinite(peak) and peak > 0
+
+
+def test_bfloat16_benchmark_keeps_estimator_outputs_in_float32():
+    # A fresh process: the dtype policy is global.
+    code = (
+        "import keras, tensorflow as tf\n"
+        "from dim_tf.config import TrainConfig\n"
+        "from dim_tf.training.run import build_model\n"
+        "keras.config.set_dtype_policy('mixed_bfloat16')\n"
+        "model = build_model(TrainConfig(model_dir='x', mi_units=16, batch_size=4, monitor=False,"
+        " mixed_precision=True))\n"
+        "logs = model.train_step((tf.random.uniform([4, 32, 32, 3], -1, 1), tf.zeros([4], tf.int64)))\n"
+        "features = model.encoder(tf.zeros([1, 32, 32, 3]))\n"
+        "print({k: v.dtype.name for k, v in logs.items()}, features['local'].dtype.name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.strip().splitlines()[-1]
+    logs, local_dtype = out.rsplit(" ", 1)
+    assert local_dtype == "bfloat16"
+    assert "bfloat16" not in logs and "float32" in logs
