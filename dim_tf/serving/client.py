@@ -28,7 +28,9 @@ from typing import Iterator, Protocol
 import numpy as np
 import tensorflow as tf
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+from dim_tf.data import image_files
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # gRPC's default message limit (4 MiB) less room for the request's other fields.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
@@ -140,11 +142,16 @@ def _batches(paths: list[str], batch_size: int, channels: int) -> Iterator[np.nd
     """uint8 batches of consecutive same-size images."""
     batch: list[np.ndarray] = []
     for path in paths:
+        # The training data's checks: sizes from the header (memory stays bounded), and
+        # formats TensorFlow misreads or crashes on (animated WebP) decoded by Pillow.
+        checked = image_files.probe(path, label=0)
+        if isinstance(checked, image_files.BadImage):
+            raise ValueError(f"Cannot use image {checked}")
+        encoded = image_files.pillow_png(path) if checked.via_pillow else tf.io.read_file(path)
         try:
-            image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
-                                       expand_animations=False).numpy()
+            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False).numpy()
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(f"Cannot decode image {path!r}: {error.message}") from error
+            raise ValueError(f"Cannot decode image {path!r}: {image_files.decode_failure(path) or error.message}") from error
         if batch and (image.shape != batch[0].shape or len(batch) == batch_size):
             yield np.stack(batch)
             batch = []

@@ -49,6 +49,27 @@ def test_in_process_embedding_matches_direct_calls(exported):
     assert conv.shape == (12, 4 * 4 * 256)
 
 
+def test_embedding_decodes_what_training_decodes_and_names_bad_files(exported, tmp_path):
+    from PIL import Image
+
+    path, _ = exported
+    red = Image.new("RGB", (40, 40), (250, 10, 10))
+    blue = Image.new("RGB", (40, 40), (10, 10, 250))
+    # Animated WebP crashes tf.io.decode_image in TF 2.21; TIFF is not a TF format.
+    red.save(tmp_path / "a.webp", save_all=True, append_images=[blue], lossless=True)
+    red.save(tmp_path / "b.tiff")
+    red.save(tmp_path / "c.png")
+    features, paths = client.embed_folder(client.InProcessBackend(path), str(tmp_path),
+                                          batch_size=8, progress=False)
+    assert [Path(p).name for p in paths] == ["a.webp", "b.tiff", "c.png"]
+    np.testing.assert_allclose(features[0], features[2], atol=1e-4)  # first frame, same pixels
+    np.testing.assert_allclose(features[1], features[2], atol=1e-4)
+
+    (tmp_path / "d.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="d.png: zero bytes"):
+        client.embed_folder(client.InProcessBackend(path), str(tmp_path), progress=False)
+
+
 class _FakeRestServing(BaseHTTPRequestHandler):
     signature = None
 
