@@ -3,7 +3,6 @@
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.ports import free_ports
 from tests.training.synthetic import write_image_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -115,12 +115,7 @@ def test_flagfile_with_override_and_end_to_end_run(tmp_path, image_tree):
 
 
 def test_two_workers_on_localhost(tmp_path, image_tree):
-    sockets = [socket.socket() for _ in range(2)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    ports = free_ports(2)
     model_dir = tmp_path / "run"
     workers = []
     for index in range(2):

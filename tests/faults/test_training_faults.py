@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 from dim_tf.faults import KILL_AT_VARIABLE
+from tests.ports import free_ports
 from tests.training.synthetic import write_image_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -391,19 +391,9 @@ def test_disk_filling_up_mid_training_names_the_checkpoint_and_keeps_the_earlier
 # ------------------------------------------------------------ multi-worker
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _run_cluster(args, kill_at=None):
     """Runs two localhost workers (worker 0 is the chief); returns [(status, output)]."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     workers = []
     for index in range(2):
         env = {k: v for k, v in os.environ.items() if k != KILL_AT_VARIABLE}

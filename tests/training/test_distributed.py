@@ -1,7 +1,6 @@
 """A step under tf.distribute equals the single-device step on the same global batch."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dim_tf import DeepInfoMax, build_encoder
+from tests.ports import free_ports
 from tests.training.synthetic import disc_images
 
 GLOBAL_BATCH = 8
@@ -135,18 +135,8 @@ def test_wrong_loss_reduction_would_be_caught():
     assert _max_difference(single, halved) > 1e-3
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_on_localhost_train_identically(tmp_path):
-    ports = ",".join(str(p) for p in _free_ports(2))
+    ports = ",".join(str(p) for p in free_ports(2))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="-1")
     outputs = [tmp_path / f"worker{i}.npz" for i in range(2)]
     workers = [
