@@ -3,6 +3,7 @@ r"""How fast does DIM train here, and how close is that to the machine's matmul 
     python -m dim_tf.benchmark                                  # the paper's DIM(L) step
     python -m dim_tf.benchmark --mixed_precision --mi_units=512
     python -m dim_tf.benchmark --suite                          # the README's scaling table
+    python -m dim_tf.benchmark --profile_dir=/tmp/dim_profile   # + time by op type, a trace for TensorBoard
     python -m dim_tf.benchmark --input_only --dataset=folder:~/.cache/dim_tf/cifar10_jpeg
 
 Each configuration prints one JSON line: images/s (median of --repeats timed
@@ -102,21 +103,58 @@ def _summary(images_per_step: int, steps: int, seconds: list[float]) -> dict:
             "ms_per_step": 1000 * statistics.median(seconds) / steps}
 
 
+def op_time_by_type(profile_dir: str, steps: int, top: int = 12) -> dict[str, float]:
+    """Milliseconds per step spent in each TensorFlow op type (MatMul, Mul, Cast, ...)
+    in the newest profiler trace under `profile_dir`, summed over the host's compute
+    threads (so they can add up to more than the step's wall time), largest first.
+    oneDNN's fusions keep their own names (FusedBatchNormEx: batch norm + ReLU)."""
+    import collections
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    traces = sorted(glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True),
+                    key=os.path.getmtime)
+    space = xplane_pb2.XSpace()
+    with open(traces[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    totals: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {k: (v.display_name or v.name) for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "?")
+                if "::" in name:  # the executor's own spans, which contain the ops
+                    continue
+                # oneDNN's kernels (_MklMatMul, _MklNativeConv2D, ...) under the op's name.
+                kind = name.removeprefix("_MklNative").removeprefix("_Mkl")
+                totals[kind] += event.duration_ps / 1e9 / steps
+    return {kind: round(ms, 1) for kind, ms in totals.most_common(top)}
+
+
 def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats: int = 3,
-                   peaks: dict[str, float] | None = None) -> dict:
+                   peaks: dict[str, float] | None = None, profile_dir: str | None = None) -> dict:
     """Times training steps of `config` on synthetic data; returns the JSON record.
+
+    With `profile_dir`, `steps` more steps are traced by the TensorFlow profiler
+    there (TensorBoard's Profile tab shows the trace) and the record gains their
+    time by op type (`op_ms_per_step`).
 
     Call in a fresh process per precision: the dtype policy is global.
     """
-    import keras
     import tensorflow as tf
 
     from dim_tf.config import TrainConfig
     from dim_tf.flops import function_flops
+    from dim_tf.training.precision import use_mixed_precision
     from dim_tf.training.run import build_model
 
     if config.mixed_precision:
-        keras.config.set_dtype_policy("mixed_bfloat16")
+        use_mixed_precision()
     if config.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(config.devices)])
     elif config.strategy == "one_device":
@@ -157,6 +195,11 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
     for name, peak in (peaks or {}).items():
         record[f"{name}_peak_gflops"] = peak
         record[f"percent_of_{name}_peak"] = 100 * record["achieved_gflops"] / peak
+    if profile_dir:
+        tf.profiler.experimental.start(profile_dir)
+        run_steps(steps)
+        tf.profiler.experimental.stop()
+        record["op_ms_per_step"] = op_time_by_type(profile_dir, steps)
     record["peak_rss_mb"] = peak_rss_mb()
     record["cpu"] = cpu_name()
     return record
@@ -197,6 +240,8 @@ def suite_configs() -> list[StepConfig]:
     configs += [dataclasses.replace(base, mixed_precision=True)]
     configs += [dataclasses.replace(base, mixed_precision=True, mi_units=512)]
     configs += [dataclasses.replace(base, strategy="mirrored")]
+    # The one-CPU-hour recipe's step (configs/cpu_hour.flags).
+    configs += [dataclasses.replace(base, mixed_precision=True, mi_units=256, batch_size=128)]
     return configs
 
 
@@ -222,12 +267,15 @@ def _define_flags() -> None:
     flags.DEFINE_float("alpha", 0.0, "Global MI weight.")
     flags.DEFINE_float("beta", 1.0, "Local MI weight.")
     flags.DEFINE_float("gamma", 0.1, "Prior weight (0: no prior discriminator).")
-    flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 compute.")
+    flags.DEFINE_bool("mixed_precision", False,
+                      "Mixed precision: mixed_bfloat16 on CPU and TPU, mixed_float16 on GPU.")
     flags.DEFINE_string("strategy", "one_device", "one_device, or mirrored over --devices logical CPUs.")
     flags.DEFINE_integer("devices", 2, "Logical CPU devices for --strategy=mirrored.")
     flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
     flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).")
     flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
+    flags.DEFINE_string("profile_dir", None, "Also trace --steps steps with the TensorFlow "
+                        "profiler into this directory and report time by op type.")
     flags.DEFINE_bool("suite", False, "Run the scaling table (each configuration in a subprocess).")
     flags.DEFINE_bool("input_only", False, "Time the input pipeline of --dataset alone.")
     flags.DEFINE_string("dataset", None, "For --input_only: folder:PATH or tfrecord:DIR.")
@@ -261,7 +309,8 @@ def main(argv: list[str]) -> None:
         _split_cpu(FLAGS.devices)
     peaks = {"float32": matmul_peak_gflops("float32"), "bfloat16": matmul_peak_gflops("bfloat16")}
     config = StepConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(StepConfig)})
-    print(json.dumps(benchmark_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, peaks)), flush=True)
+    print(json.dumps(benchmark_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, peaks,
+                                    FLAGS.profile_dir)), flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ RUN_DEFINING_FIELDS = (
 )
 
 
+# Each worker would read its own clock and stop at a different step, deadlocking the collectives.
+MULTI_WORKER_TIME_BUDGET = ("--time_budget_minutes is not supported with several workers; "
+                            "bound the run with --epochs and --steps_per_epoch.")
+
+
 class ConfigError(ValueError):
     """A setting is invalid; the message names the flag and what is allowed."""
 
@@ -62,6 +67,7 @@ class TrainConfig:
     batch_size: int = 64
     epochs: int = 1000
     steps_per_epoch: int | None = None
+    time_budget_minutes: float | None = None
     learning_rate: float = 1e-4
     seed: int = 0
     strategy: str = "auto"
@@ -117,6 +123,12 @@ class TrainConfig:
         _at_least("shuffle_buffer", self.shuffle_buffer, 1)
         if self.steps_per_epoch is not None:
             _at_least("steps_per_epoch", self.steps_per_epoch, 1)
+        if self.time_budget_minutes is not None and not (
+                math.isfinite(self.time_budget_minutes) and self.time_budget_minutes >= 0):
+            raise ConfigError("--time_budget_minutes must be a number of minutes (0: no budget); "
+                              f"got {self.time_budget_minutes!r}.")
+        if self.time_budget_minutes and self.strategy == "multi_worker":
+            raise ConfigError(MULTI_WORKER_TIME_BUDGET)
         if not self.model_dir:
             raise ConfigError("--model_dir is required: the directory for checkpoints and logs.")
         if not self.dataset:

@@ -59,11 +59,16 @@ flags.DEFINE_string("negatives", _default("negatives"),
 flags.DEFINE_integer("batch_size", _default("batch_size"), "Global batch size.")
 flags.DEFINE_integer("epochs", _default("epochs"), "Training epochs.")
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on the steps of one epoch.")
+flags.DEFINE_float("time_budget_minutes", None,
+                   "Stop once the run has trained this many minutes of wall time in all (summed "
+                   "over resumes), saving the step reached; rerun with a larger budget to go on. "
+                   "0: no budget.")
 flags.DEFINE_float("learning_rate", _default("learning_rate"), "Adam learning rate (both players).")
 flags.DEFINE_integer("seed", _default("seed"), "Seed of initialisation, data order and prior samples.")
 flags.DEFINE_string("strategy", _default("strategy"), f"{', '.join(config_lib.STRATEGIES)}.")
 flags.DEFINE_bool("mixed_precision", _default("mixed_precision"),
-                  "bfloat16 compute (scores and losses stay float32).")
+                  "Mixed precision: mixed_bfloat16 on CPU and TPU, mixed_float16 with dynamic "
+                  "loss scaling on GPU (scores, estimators and losses stay float32).")
 flags.DEFINE_bool("random_crop", _default("random_crop"), "Random crops to the encoder's size.")
 flags.DEFINE_bool("random_flip", _default("random_flip"), "Random horizontal flips.")
 flags.DEFINE_bool("skip_corrupt", _default("skip_corrupt"),
@@ -137,8 +142,11 @@ def main(argv: list[str]) -> None:
     speed = f", {result.images_per_second:.1f} images/s" if result.images_per_second else ""
     logging.info("Trained steps %d -> %d of %d in %.1f s%s.", result.start_step, result.end_step,
                  result.total_steps, result.seconds, speed)
+    budget = (f"; time budget of {config.time_budget_minutes:g} min reached after "
+              f"{result.trained_seconds / 60:.1f} min of training in all (a larger "
+              "--time_budget_minutes continues)" if result.stopped_by_time_budget else "")
     print(f"dim_tf.train: {config.model_dir}: step {result.end_step}/{result.total_steps}, "
-          f"{result.seconds:.1f} s{speed}"
+          f"{result.seconds:.1f} s{speed}{budget}"
           + (f", exported {result.export_path}" if result.export_path else ""))
 
 

@@ -79,6 +79,15 @@ def test_benchmark_record_has_every_field():
     json.dumps(record)
 
 
+def test_profiled_benchmark_reports_time_by_op_type(tmp_path):
+    record = benchmark_step(StepConfig(mi_units=16, batch_size=8), steps=2, warmup=1, repeats=1,
+                            profile_dir=str(tmp_path))
+    op_ms = record["op_ms_per_step"]
+    assert "MatMul" in op_ms and all(ms >= 0 for ms in op_ms.values())
+    assert list(op_ms.values()) == sorted(op_ms.values(), reverse=True)
+    assert list(tmp_path.glob("**/*.xplane.pb"))  # the trace TensorBoard reads
+
+
 def test_matmul_peak_is_positive_and_finite():
     peak = matmul_peak_gflops("float32", size=256, repeats=2)
     assert np.isfinite(peak) and peak > 0

@@ -28,6 +28,9 @@ def test_defaults_are_the_papers_dim_l(tmp_path):
     [
         ({"epochs": 0}, "--epochs"),
         ({"steps_per_epoch": 0}, "--steps_per_epoch"),
+        ({"time_budget_minutes": -1.0}, "--time_budget_minutes"),
+        ({"time_budget_minutes": 5.0, "strategy": "multi_worker"}, "--time_budget_minutes"),
+        ({"time_budget_minutes": float("nan")}, "--time_budget_minutes"),
         ({"learning_rate": -1.0}, "--learning_rate"),
         ({"gamma": float("nan")}, "--gamma"),
         ({"channels": 4}, "--channels"),

@@ -42,13 +42,12 @@ def load_encoder(config: EvalConfig):
         return (lambda images: signature(images=images), int(spec.shape[1]), int(spec.shape[3]),
                 {"saved_model": os.path.abspath(config.saved_model), "mtime": stamp}, None)
     from dim_tf.training.checkpoints import training_checkpoint
+    from dim_tf.training.precision import use_mixed_precision
     from dim_tf.training.run import build_model
 
     run = _run_config(config.model_dir)
     if run.mixed_precision:
-        import keras
-
-        keras.config.set_dtype_policy("mixed_bfloat16")
+        use_mixed_precision()
     model = build_model(run)
     fingerprint = {"model_dir": os.path.abspath(config.model_dir), "random_init": config.random_init,
                    "seed": config.seed}

@@ -22,6 +22,8 @@ from typing import Callable
 import keras
 from keras import layers
 
+from dim_tf.models import normalization
+
 FEATURE_NAMES = ("local", "conv", "fc", "y")
 
 
@@ -37,7 +39,7 @@ class _Builder:
         self.sync_batch_norm = sync_batch_norm
 
     def batch_norm(self, name: str) -> layers.Layer:
-        return layers.BatchNormalization(
+        return normalization.BatchNormalization(
             momentum=0.9, epsilon=1e-5, synchronized=self.sync_batch_norm, name=name
         )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from dim_tf.models import normalization
 from dim_tf.models.encoders import pytorch_default_initializer
 
 
@@ -56,11 +57,11 @@ class MIProjection(layers.Layer):
         self.sync_batch_norm = sync_batch_norm
         init = pytorch_default_initializer
         self.hidden = layers.Dense(units, use_bias=False, kernel_initializer=init(), name="hidden")
-        self.hidden_bn = layers.BatchNormalization(
+        self.hidden_bn = normalization.BatchNormalization(
             momentum=0.9, epsilon=1e-5, synchronized=sync_batch_norm, name="hidden_bn"
         )
         self.output_dense = layers.Dense(units, kernel_initializer=init(), name="output")
-        self.layer_norm = layers.LayerNormalization(epsilon=1e-5, name="layer_norm")
+        self.layer_norm = normalization.LayerNormalization(epsilon=1e-5, name="layer_norm")
         self.shortcut = None
 
     def build(self, input_shape):
@@ -178,7 +179,7 @@ def build_paper_classifier(num_classes: int, sync_batch_norm: bool = False,
         layers.Flatten(),
         layers.Dense(200, kernel_initializer=init()),
         layers.Dropout(0.1),
-        layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync_batch_norm),
+        normalization.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync_batch_norm),
         layers.ReLU(),
         layers.Dense(num_classes, kernel_initializer=init(), dtype="float32"),
     ], name=name)

@@ -188,6 +188,7 @@ def export_run(
     """
     from dim_tf.config import TrainConfig
     from dim_tf.training.checkpoints import training_checkpoint
+    from dim_tf.training.precision import use_mixed_precision
     from dim_tf.training.run import build_model
 
     config_path = os.path.join(model_dir, "config.json")
@@ -201,7 +202,7 @@ def export_run(
         raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')}: "
                                 "train first, or check --model_dir.")
     if config.mixed_precision:
-        keras.config.set_dtype_policy("mixed_bfloat16")
+        use_mixed_precision()
     model = build_model(config)
     checkpoint = training_checkpoint(model)
     checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()

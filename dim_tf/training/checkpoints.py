@@ -32,6 +32,7 @@ import tensorflow as tf
 from absl import logging
 
 from dim_tf.faults import kill_point
+from dim_tf.training import precision
 from dim_tf.training.errors import CheckpointError
 
 PREFIX = "ckpt"
@@ -51,11 +52,18 @@ def training_checkpoint(model) -> tf.train.Checkpoint:
     if getattr(model, "optimizer", None) is None:
         raise ValueError("Compile the DeepInfoMax model before checkpointing it: "
                          "its optimisers are part of the checkpoint.")
-    parts = {"model": model, "encoder_optimizer": model.optimizer}
-    if model.prior_optimizer is not None:
-        parts["prior_optimizer"] = model.prior_optimizer
-    if model.monitor_optimizer is not None:
-        parts["monitor_optimizer"] = model.monitor_optimizer
+    parts = {"model": model}
+    for name, optimizer in (("encoder_optimizer", model.optimizer),
+                            ("prior_optimizer", model.prior_optimizer),
+                            ("monitor_optimizer", model.monitor_optimizer)):
+        if optimizer is None:
+            continue
+        # The update state under the same name with or without float16 loss
+        # scaling, so a GPU run's checkpoint restores on a CPU (bfloat16) for
+        # evaluation and export; the scale is kept beside it.
+        parts[name] = precision.unscaled(optimizer)
+        if optimizer is not parts[name]:
+            parts[f"{name}_loss_scale"] = [optimizer.dynamic_scale, optimizer.step_counter]
     # Keras' random layers (the monitor's dropout) draw from SeedGenerator states,
     # which are model variables but not tracked by tf.train.Checkpoint: without
     # them a resumed run would draw other dropout masks than an uninterrupted one.

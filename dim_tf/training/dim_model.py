@@ -42,6 +42,7 @@ from dim_tf.models.heads import (
 from dim_tf.objectives import prior as prior_lib
 from dim_tf.objectives import scores as scores_lib
 from dim_tf.objectives.estimators import canonical_estimator, per_example_mi
+from dim_tf.training import precision
 
 LOCAL_CRITICS = ("dot", "concat")
 NEGATIVES = ("replica", "global")
@@ -233,13 +234,18 @@ class DeepInfoMax(keras.Model):
         distributed step fail (see docs on MirroredStrategy).
         """
         encoder_optimizer = encoder_optimizer or default_optimizer()
-        super().compile(optimizer=encoder_optimizer, **kwargs)
-        encoder_optimizer.build(self.encoder_side_variables)
+        monitor_optimizer = monitor_optimizer or default_optimizer()
+        if precision.needs_loss_scaling():
+            # The prior discriminator computes in float32 and needs no scaling.
+            encoder_optimizer = precision.with_loss_scaling(encoder_optimizer)
+            monitor_optimizer = precision.with_loss_scaling(monitor_optimizer)
+        super().compile(optimizer=encoder_optimizer, auto_scale_loss=False, **kwargs)
+        self.optimizer.build(self.encoder_side_variables)
         if self.prior_discriminator is not None:
             self.prior_optimizer = prior_optimizer or default_optimizer()
             self.prior_optimizer.build(self.prior_variables)
         if self.monitors:
-            self.monitor_optimizer = monitor_optimizer or default_optimizer()
+            self.monitor_optimizer = monitor_optimizer
             self.monitor_optimizer.build(self.monitor_variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -375,16 +381,20 @@ class DeepInfoMax(keras.Model):
             with tf.GradientTape() as monitor_tape:
                 monitor_loss, monitor_terms, labelled = self._monitor_terms(features, labels, True)
                 monitor_loss = self._global_mean(monitor_loss)
+                scaled_monitor_loss = self.monitor_optimizer.scale_loss(monitor_loss)
             monitor_vars = self.monitor_variables
             updates["monitor"] = (self.monitor_optimizer, monitor_vars,
-                                  monitor_tape.gradient(monitor_loss, monitor_vars))
+                                  monitor_tape.gradient(scaled_monitor_loss, monitor_vars))
             checked["monitor_loss"] = monitor_loss
             terms.update(monitor_terms)
             weights = {name: labelled for name in monitor_terms}
-        checked.update({f"{player}_gradients": grads for player, (_, _, grads) in updates.items()})
+        # Overflowing loss-scaled (float16) gradients are expected: their optimiser
+        # skips the step and lowers the scale.
+        checked.update({f"{player}_gradients": grads for player, (optimizer, _, grads) in updates.items()
+                        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)})
         # No variable of any player (nor an iteration count) moves unless every term
-        # and gradient of this step is finite: a NaN/Inf stops training with the
-        # previous step's weights and counters.
+        # and checked gradient of this step is finite: a NaN/Inf stops training with
+        # the previous step's weights and counters.
         with tf.control_dependencies([self._assert_finite(checked)]):
             for optimizer, variables, grads in updates.values():
                 optimizer.apply_gradients(zip(grads, variables))

@@ -129,6 +129,33 @@ def atomic_write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+TRAINING_TIME_FILE = "training_time.json"
+_TRAINING_TIME_KEPT = 64  # entries; older checkpoints are deleted long before
+
+
+def trained_seconds_at(model_dir: str, step: int) -> float | None:
+    """Wall time the run had trained when it saved the checkpoint of `step`, if recorded."""
+    try:
+        with open(os.path.join(model_dir, TRAINING_TIME_FILE), encoding="utf-8") as f:
+            return json.load(f).get(str(step))
+    except (OSError, ValueError):
+        return None
+
+
+def record_trained_seconds(model_dir: str, step: int, seconds: float) -> None:
+    """Records the wall time trained up to the checkpoint of `step` (written after the
+    checkpoint, so a run rolled back to an older checkpoint finds that one's time)."""
+    path = os.path.join(model_dir, TRAINING_TIME_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            ledger = json.load(f)
+    except (OSError, ValueError):
+        ledger = {}
+    ledger[str(step)] = round(seconds, 3)
+    kept = sorted(ledger, key=int)[-_TRAINING_TIME_KEPT:]
+    atomic_write_text(path, json.dumps({k: ledger[k] for k in kept}, indent=1))
+
+
 def remove_leftovers(model_dir: str) -> list[str]:
     """Deletes temporary files killed writes left directly in `model_dir`
     (call with the lock held). Returns their paths."""

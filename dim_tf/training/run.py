@@ -6,6 +6,7 @@ The run owns `model_dir`:
     model_dir/checkpoints/       model + both optimisers, every N steps and epoch
     model_dir/logs/train/        TensorBoard scalars
     model_dir/summary.json       steps done, wall time, images/s, last metrics
+    model_dir/training_time.json wall time trained up to each checkpoint (for --time_budget_minutes)
 
 Rerunning the same config continues from the newest readable checkpoint (even
 after kill -9, see checkpoints.py), with the same batches an uninterrupted run
@@ -32,7 +33,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from dim_tf.config import ConfigError, TrainConfig
+from dim_tf.config import MULTI_WORKER_TIME_BUDGET, ConfigError, TrainConfig
 from dim_tf.data import labels, pipeline
 from dim_tf.models.encoders import build_encoder
 from dim_tf.faults import kill_point
@@ -46,6 +47,7 @@ from dim_tf.training.checkpoints import (
 from dim_tf.training.checkpoints import remove_leftovers as remove_checkpoint_leftovers
 from dim_tf.training.dim_model import DeepInfoMax, default_optimizer, non_finite_step
 from dim_tf.training.errors import NonFiniteError, Preempted, TrainingError
+from dim_tf.training.precision import use_mixed_precision
 from dim_tf.training.strategy import is_chief, make_strategy, worker_id
 
 
@@ -56,6 +58,8 @@ class TrainResult:
     start_step: int
     end_step: int
     seconds: float
+    trained_seconds: float
+    stopped_by_time_budget: bool
     images_per_second: float | None
     metrics: dict
     skipped_images: tuple[str, ...]
@@ -85,18 +89,45 @@ def _metric_tag(name: str) -> str:
     return f"loss/{name[:-5] if name.endswith('_loss') else 'total'}"
 
 
-class _CheckpointEvery(keras.callbacks.Callback):
-    """Saves every `every` steps and at the end of every epoch."""
+class _TrainingClock(keras.callbacks.Callback):
+    """Wall time trained by the run, summed over resumes; stops at the time budget.
 
-    def __init__(self, store: CheckpointStore, every: int):
+    The time counts from before `fit` (dataset start-up and tracing included) and
+    continues from what the restored checkpoint's step had trained.
+    """
+
+    def __init__(self, trained_before: float, budget_seconds: float | None):
         super().__init__()
-        self.store, self.every, self.last_saved = store, every, None
+        self.trained_before, self.budget_seconds = trained_before, budget_seconds
+        self.started = time.perf_counter()
+        self.budget_reached = budget_seconds is not None and trained_before >= budget_seconds
+
+    def trained_seconds(self) -> float:
+        return self.trained_before + time.perf_counter() - self.started
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.budget_seconds is not None and self.trained_seconds() >= self.budget_seconds:
+            self.budget_reached = True
+            self.model.stop_training = True
+
+
+class _CheckpointEvery(keras.callbacks.Callback):
+    """Saves every `every` steps and at the end of every epoch, then records the
+    time trained up to the saved step (chief only: `model_dir` is None elsewhere)."""
+
+    def __init__(self, store: CheckpointStore, every: int, clock: _TrainingClock,
+                 model_dir: str | None):
+        super().__init__()
+        self.store, self.every, self.clock, self.model_dir = store, every, clock, model_dir
+        self.last_saved = None
 
     def _save(self):
         step = _global_step(self.model)
         if step != self.last_saved:
             self.store.save(checkpoint_number=step)
             self.last_saved = step
+            if self.model_dir:
+                model_dir_lib.record_trained_seconds(self.model_dir, step, self.clock.trained_seconds())
 
     def on_train_batch_end(self, batch, logs=None):
         if _global_step(self.model) % self.every == 0:
@@ -254,7 +285,7 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
     """
     config.check_paths()
     if config.mixed_precision:
-        keras.config.set_dtype_policy("mixed_bfloat16")
+        use_mixed_precision()
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -318,6 +349,15 @@ def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool
     start_step = _global_step(model)
     if restored:
         logging.info("Resuming from %s at step %d of %d.", restored, start_step, total_steps)
+    budget = config.time_budget_minutes * 60 if config.time_budget_minutes else None
+    if budget is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ConfigError(MULTI_WORKER_TIME_BUDGET)  # --strategy=auto found a cluster
+    trained_before = model_dir_lib.trained_seconds_at(config.model_dir, start_step) if start_step else 0.0
+    if trained_before is None:
+        if budget is not None:
+            logging.warning("No training time is recorded for step %d (a run from before "
+                            "--time_budget_minutes existed): counting its time as 0.", start_step)
+        trained_before = 0.0
     if chief:
         if start_step < total_steps:
             model_dir_lib.check_free_space(config.model_dir, checkpoint_bytes(model))
@@ -327,14 +367,17 @@ def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool
         for name, text in (extra_files or {}).items():
             _write_run_file(os.path.join(config.model_dir, name), text)
 
-    tick = time.perf_counter()
+    clock = _TrainingClock(trained_before, budget)
+    tick = clock.started
     logger = _ScalarLogger(os.path.join(config.model_dir, "logs", "train") if chief else None,
                            config.log_every, config.batch_size)
     # The kill point and the stop callback run before the checkpoint callback:
     # a step is killed before its save, and the stop request of a step is seen
     # before that epoch's final save.
     stopper = _StopOnSigterm()
-    callbacks = [_KillPoint(), stopper, _CheckpointEvery(store, config.checkpoint_every), logger]
+    callbacks = [_KillPoint(), stopper, clock,
+                 _CheckpointEvery(store, config.checkpoint_every, clock, config.model_dir if chief else None),
+                 logger]
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Workers receive signals independently and would stop at different steps,
         # deadlocking the collectives: rely on resuming from the last checkpoint.
@@ -342,10 +385,13 @@ def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool
     logs = {}
     if start_step >= total_steps:
         logging.info("Run in %s already finished (%d steps): nothing to train.", config.model_dir, start_step)
+    elif clock.budget_reached:
+        logging.info("Run in %s has trained %.1f min, its whole --time_budget_minutes=%g: nothing "
+                     "to train.", config.model_dir, trained_before / 60, config.time_budget_minutes)
     else:
         try:
             logs = _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks,
-                             stop=lambda: stopper.requested)
+                             stop=lambda: stopper.requested or clock.budget_reached)
         except tf.errors.InvalidArgumentError as error:
             found = non_finite_step(error)
             if found is None:
@@ -378,7 +424,8 @@ def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool
     trained = end_step - start_step
     result = TrainResult(
         model_dir=config.model_dir, total_steps=total_steps, start_step=start_step,
-        end_step=end_step, seconds=seconds,
+        end_step=end_step, seconds=seconds, trained_seconds=clock.trained_seconds(),
+        stopped_by_time_budget=clock.budget_reached and end_step < total_steps,
         images_per_second=(trained * config.batch_size / seconds) if trained else None,
         metrics={k: float(v) for k, v in logs.items()},
         skipped_images=source.corrupt, export_path=export_path,

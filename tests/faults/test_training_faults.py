@@ -190,6 +190,37 @@ def test_sigterm_saves_the_step_exits_143_and_the_rerun_matches(tmp_path, image_
     assert_same_tensors(checkpoint_tensors(str(checkpoints / f"ckpt-{STEPS}")), reference[1])
 
 
+# ------------------------------------------------------------ time budget
+
+
+def test_time_budget_stops_saving_the_step_and_a_larger_budget_continues_identically(
+        tmp_path, image_tree, reference):
+    args = [f"--dataset=folder:{image_tree}", f"--model_dir={tmp_path / 'run'}"]
+    # A budget shorter than one step: the run stops after its first step.
+    stopped = run_train(*args, "--time_budget_minutes=1e-6")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "time budget of 1e-06 min reached" in stopped.stdout
+    assert latest_step(tmp_path / "run") == 1
+    first = summary(tmp_path / "run")
+    assert first["stopped_by_time_budget"] and first["end_step"] == 1
+    ledger = json.loads((tmp_path / "run" / "training_time.json").read_text())
+    assert list(ledger) == ["1"] and 0 < ledger["1"] <= first["trained_seconds"]
+
+    spent = run_train(*args, "--time_budget_minutes=1e-6")
+    assert spent.returncode == 0, spent.stderr[-3000:]
+    assert "nothing to train" in spent.stderr
+    assert summary(tmp_path / "run")["end_step"] == 1
+
+    resumed = run_train(*args)  # no budget: trains to the end of its epochs
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = summary(tmp_path / "run")
+    assert final["start_step"] == 1 and final["end_step"] == STEPS
+    assert not final["stopped_by_time_budget"]
+    assert final["trained_seconds"] > ledger["1"]  # counted on from the first run's time
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert_same_tensors(checkpoint_tensors(str(checkpoints / f"ckpt-{STEPS}")), reference[1])
+
+
 # ------------------------------------------------------ damaged checkpoints
 
 
@@ -424,7 +455,7 @@ def test_restarted_cluster_resumes_from_the_chiefs_last_checkpoint(tmp_path, ima
     assert summary(model_dir)["start_step"] == 12 and latest_step(model_dir) == 16
     # Only the chief writes in model_dir; the other worker's scratch copy is gone.
     assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "config.json", "flags.txt",
-                                             "labels.json", "logs", "summary.json"]
+                                             "labels.json", "logs", "summary.json", "training_time.json"]
 
 
 @pytest.mark.slow
@@ -445,4 +476,4 @@ def test_killed_cluster_resumes_from_the_chiefs_last_checkpoint(tmp_path, image_
     # scratch checkpoints (left by the kill too) are gone.
     assert summary(model_dir)["start_step"] == 2 and latest_step(model_dir) == 8
     assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "config.json", "flags.txt",
-                                             "labels.json", "logs", "summary.json"]
+                                             "labels.json", "logs", "summary.json", "training_time.json"]

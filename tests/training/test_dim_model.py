@@ -139,7 +139,9 @@ def test_non_finite_step_names_step_and_terms_and_moves_nothing():
         model.fit(images, batch_size=4, epochs=1, verbose=0)
     step, names = non_finite_step(error.value)
     assert step == 3
-    assert {"loss", "local_loss", "local_mi", "encoder_gradients"} <= set(names)
+    # The gradients are always NaN; whether the losses are too depends on the kernels
+    # (oneDNN's fused batch norm + ReLU maps a NaN activation to 0 going forward).
+    assert "encoder_gradients" in names
     # No weight, slot or iteration count of either player moved.
     assert not any(_changed(before, model.trainable_weights + model.optimizer.variables
                             + model.prior_optimizer.variables))
@@ -218,3 +220,57 @@ def test_online_monitor_learns_without_touching_the_encoder():
     assert all(_changed(monitor_before, model.monitor_variables))
     assert history["monitor_y_accuracy"][-1] > history["monitor_y_accuracy"][0]
     assert history["monitor_fc_accuracy"][-1] > 0.8
+
+
+@pytest.fixture
+def mixed_float16():
+    """The GPU policy, on this CPU: float16 compute with dynamic loss scaling."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+def test_mixed_float16_scales_the_float16_players_losses(mixed_float16):
+    from dim_tf.training.precision import StepCountingLossScaleOptimizer
+
+    model = _model(monitor_classes=2)
+    model.compile()
+    assert isinstance(model.optimizer, StepCountingLossScaleOptimizer)
+    assert isinstance(model.monitor_optimizer, StepCountingLossScaleOptimizer)
+    # The prior discriminator computes in float32: no scaling.
+    assert not isinstance(model.prior_optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.encoder(tf.zeros([1, 32, 32, 3]))["local"].dtype == tf.float16
+    logs = model.fit(disc_images(8), np.array([0, 1] * 4), batch_size=4, epochs=1, verbose=0).history
+    assert all(np.isfinite(v[-1]) for v in logs.values())
+    assert int(model.optimizer.iterations) == 2
+
+
+def test_mixed_float16_overflow_skips_the_step_halves_the_scale_and_counts_it(mixed_float16):
+    model = _model()
+    model.compile()
+    model.fit(disc_images(4), batch_size=4, epochs=1, verbose=0)
+    model.optimizer.dynamic_scale.assign(1e38)  # scaled float16 gradients overflow
+    encoder_before = _values(model.encoder_side_variables)
+    prior_before = _values(model.prior_variables)
+    model.fit(disc_images(4), batch_size=4, epochs=1, verbose=0)  # no NaN error: a skipped step
+    assert not any(_changed(encoder_before, model.encoder_side_variables))
+    assert all(_changed(prior_before, model.prior_variables)[::2])  # D's kernels still learn
+    assert float(model.optimizer.dynamic_scale) == pytest.approx(5e37)
+    assert int(model.optimizer.iterations) == 2  # the step is counted: the data position moves on
+
+
+def test_float16_checkpoint_restores_for_bfloat16_evaluation(mixed_float16, tmp_path):
+    from dim_tf.training.checkpoints import training_checkpoint
+
+    model = _model()
+    model.compile()
+    model.fit(disc_images(4), batch_size=4, epochs=1, verbose=0)
+    path = training_checkpoint(model).save(str(tmp_path / "ckpt"))
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    on_cpu = _model()
+    on_cpu.compile()
+    training_checkpoint(on_cpu).restore(path).assert_existing_objects_matched().expect_partial()
+    for restored, saved in zip(on_cpu.encoder.weights, model.encoder.weights):
+        np.testing.assert_array_equal(restored.numpy(), saved.numpy())
+    assert int(on_cpu.optimizer.iterations) == 1

@@ -158,11 +158,13 @@ def test_two_workers_on_localhost_train_identically(tmp_path):
     for key in weight_keys:
         np.testing.assert_array_equal(first[key], second[key])
     assert np.all(np.isfinite(first["losses"]))
-    # And both equal the single-process run on the same global batches (three
-    # SGD steps at lr 0.1 amplify round-off: 1e-4 after three steps).
+    # And both equal the single-process run on the same global batches. Three SGD
+    # steps at lr 0.1 amplify round-off, and the single process normalises with the
+    # fused batch-norm kernel while the workers synchronise Keras' statistics: a few
+    # 1e-4 after three steps (a wrong reduction gives > 1e-3, see the test above).
     single, _ = _train(
         tf.distribute.get_strategy(), model_kwargs(negative_group_size=GLOBAL_BATCH // 2), _sgd
     )
     for key, weight in zip(weight_keys, single.weights):
-        tolerance = dict(atol=1e-4) if weight.trainable else dict(rtol=1e-3, atol=1e-4)
+        tolerance = dict(atol=4e-4) if weight.trainable else dict(rtol=1e-3, atol=4e-4)
         np.testing.assert_allclose(first[key], weight.numpy(), **tolerance, err_msg=weight.path)
