@@ -443,6 +443,11 @@ def _run_cluster(args, kill_at=None):
     return [(w.returncode, out) for w, out in zip(workers, outputs)]
 
 
+# What a cluster leaves in model_dir: the chief's files only.
+CHIEF_RUN_FILES = [".lock", "checkpoints", "config.json", "flags.txt", "labels.json", "logs",
+                   "summary.json", "training_time.json"]
+
+
 def test_restarted_cluster_resumes_from_the_chiefs_last_checkpoint(tmp_path, image_tree, reference):
     model_dir = copy_of_reference(reference, tmp_path)  # the chief's run, 12 of 16 steps done
     (model_dir / ".worker_worker_1" / "stale").mkdir(parents=True)  # as a killed worker leaves it
@@ -454,8 +459,7 @@ def test_restarted_cluster_resumes_from_the_chiefs_last_checkpoint(tmp_path, ima
         assert "step 16/16" in output
     assert summary(model_dir)["start_step"] == 12 and latest_step(model_dir) == 16
     # Only the chief writes in model_dir; the other worker's scratch copy is gone.
-    assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "config.json", "flags.txt",
-                                             "labels.json", "logs", "summary.json", "training_time.json"]
+    assert sorted(os.listdir(model_dir)) == CHIEF_RUN_FILES
 
 
 @pytest.mark.slow
@@ -475,5 +479,4 @@ def test_killed_cluster_resumes_from_the_chiefs_last_checkpoint(tmp_path, image_
     # Only the chief wrote: its checkpoints, logs and run files; the other worker's
     # scratch checkpoints (left by the kill too) are gone.
     assert summary(model_dir)["start_step"] == 2 and latest_step(model_dir) == 8
-    assert sorted(os.listdir(model_dir)) == [".lock", "checkpoints", "config.json", "flags.txt",
-                                             "labels.json", "logs", "summary.json", "training_time.json"]
+    assert sorted(os.listdir(model_dir)) == CHIEF_RUN_FILES
