@@ -44,6 +44,7 @@ _EXPORTS = {
     "DeepInfoMax": "dim_tf.training.dim_model",
     "default_optimizer": "dim_tf.training.dim_model",
     "TrainResult": "dim_tf.training.run",
+    "NonFiniteError": "dim_tf.training.errors",
     "TrainingError": "dim_tf.training.run",
     "build_model": "dim_tf.training.run",
     "train": "dim_tf.training.run",

@@ -49,6 +49,7 @@ class StepConfig:
     beta: float = 1.0
     gamma: float = 0.1
     mixed_precision: bool = False
+    force_mixed_precision: bool = False
     strategy: str = "one_device"
     devices: int = 2
 
@@ -150,11 +151,10 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
 
     from dim_tf.config import TrainConfig
     from dim_tf.flops import function_flops
-    from dim_tf.training.precision import use_mixed_precision
+    from dim_tf.training.precision import use_precision
     from dim_tf.training.run import build_model
 
-    if config.mixed_precision:
-        use_mixed_precision()
+    policy = use_precision(config.mixed_precision, config.force_mixed_precision)
     if config.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(config.devices)])
     elif config.strategy == "one_device":
@@ -164,7 +164,8 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
     train_config = TrainConfig(
         model_dir="<benchmark>", encoder=config.encoder, estimator=config.estimator,
         mi_units=config.mi_units, batch_size=config.batch_size, alpha=config.alpha,
-        beta=config.beta, gamma=config.gamma, mixed_precision=config.mixed_precision, monitor=False)
+        beta=config.beta, gamma=config.gamma, mixed_precision=config.mixed_precision,
+        force_mixed_precision=config.force_mixed_precision, monitor=False)
     with strategy.scope():
         model = build_model(train_config)
     size = train_config.image_size
@@ -187,7 +188,9 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
         float(tf.nest.flatten(logs)[0].numpy().ravel()[0])  # wait for the last step
 
     run_steps(warmup)
-    record = {"kind": "train_step", "config": dataclasses.asdict(config),
+    # The policy that ran: --mixed_precision falls back to float32 on CPUs without
+    # bfloat16 units, so the flag alone does not say what was measured.
+    record = {"kind": "train_step", "config": dataclasses.asdict(config), "precision": policy,
               **_summary(config.batch_size, steps, _timed(run_steps, steps, repeats)),
               "flop_per_image": flop_per_image,
               "flop_by_op": {k: v / config.batch_size for k, v in sorted(flops.items())}}
@@ -268,7 +271,10 @@ def _define_flags() -> None:
     flags.DEFINE_float("beta", 1.0, "Local MI weight.")
     flags.DEFINE_float("gamma", 0.1, "Prior weight (0: no prior discriminator).")
     flags.DEFINE_bool("mixed_precision", False,
-                      "Mixed precision: mixed_bfloat16 on CPU and TPU, mixed_float16 on GPU.")
+                      "Mixed precision: mixed_bfloat16 on CPU and TPU, mixed_float16 on GPU; "
+                      "float32 on a CPU without bfloat16 units (the record's `precision`).")
+    flags.DEFINE_bool("force_mixed_precision", False,
+                      "With --mixed_precision, bfloat16 even on a CPU without bfloat16 units.")
     flags.DEFINE_string("strategy", "one_device", "one_device, or mirrored over --devices logical CPUs.")
     flags.DEFINE_integer("devices", 2, "Logical CPU devices for --strategy=mirrored.")
     flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")

@@ -12,8 +12,10 @@ import json
 import math
 import os
 
-ENCODERS = ("basic32x32", "basic64x64", "alex64x64", "resnet19_32x32")
-ENCODER_IMAGE_SIZE = {"basic32x32": 32, "basic64x64": 64, "alex64x64": 64, "resnet19_32x32": 32}
+ENCODERS = ("basic32x32", "basic64x64", "alex64x64", "resnet19_32x32", "foldbasic32x32",
+            "foldresnet19_32x32", "foldalex64x64")
+ENCODER_IMAGE_SIZE = {"basic32x32": 32, "basic64x64": 64, "alex64x64": 64, "resnet19_32x32": 32,
+                      "foldbasic32x32": 32, "foldresnet19_32x32": 32, "foldalex64x64": 64}
 ESTIMATORS = ("jsd", "dv", "nce", "gan", "kl", "rkl", "h2", "x2")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 LOCAL_CRITICS = ("dot", "concat")
@@ -30,7 +32,8 @@ SAMPLES = ("cifar10",)
 # in the same model_dir must keep them. The others (epochs, logging, paths, ...) may change.
 RUN_DEFINING_FIELDS = (
     "encoder", "channels", "y_units", "estimator", "alpha", "beta", "gamma", "mi_units",
-    "local_critic", "negatives", "batch_size", "learning_rate", "seed", "mixed_precision",
+    "local_critic", "negatives", "gradient_penalty_weight", "batch_size", "learning_rate", "seed",
+    "mixed_precision",
     "random_crop", "random_flip", "shuffle_buffer", "dataset", "train_split", "monitor",
 )
 
@@ -63,7 +66,8 @@ class TrainConfig:
     gamma: float = 0.1
     mi_units: int = 2048
     local_critic: str = "dot"
-    negatives: str = "replica"
+    negatives: str = "global"
+    gradient_penalty_weight: float = 1.0
     batch_size: int = 64
     epochs: int = 1000
     steps_per_epoch: int | None = None
@@ -72,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "auto"
     mixed_precision: bool = False
+    force_mixed_precision: bool = False
     random_crop: bool = False
     random_flip: bool = False
     skip_corrupt: bool = False
@@ -104,7 +109,7 @@ class TrainConfig:
         _choice("local_critic", self.local_critic, LOCAL_CRITICS)
         _choice("negatives", self.negatives, NEGATIVES)
         _choice("channels", self.channels, (1, 3))
-        for name in ("alpha", "beta", "gamma"):
+        for name in ("alpha", "beta", "gamma", "gradient_penalty_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"--{name} must be a finite number >= 0; got {value!r}.")

@@ -55,7 +55,12 @@ flags.DEFINE_integer("mi_units", _default("mi_units"), "Width of the encode-and-
 flags.DEFINE_string("local_critic", _default("local_critic"),
                     "dot (encode-and-dot) or concat (concat-and-convolve).")
 flags.DEFINE_string("negatives", _default("negatives"),
-                    "replica: negatives from each replica's batch; global: from all replicas.")
+                    "global: every other image of the global batch is a negative (the paper); "
+                    "replica: only the replica's own batch (R replicas: batch/R - 1 negatives "
+                    "per image, a different estimator; less communication at scale).")
+flags.DEFINE_float("gradient_penalty_weight", _default("gradient_penalty_weight"),
+                   "Weight of the prior discriminator's zero-centred gradient penalty (batch "
+                   "mean). The reference code's effective weight is 1/batch_size (README).")
 flags.DEFINE_integer("batch_size", _default("batch_size"), "Global batch size.")
 flags.DEFINE_integer("epochs", _default("epochs"), "Training epochs.")
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on the steps of one epoch.")
@@ -68,7 +73,11 @@ flags.DEFINE_integer("seed", _default("seed"), "Seed of initialisation, data ord
 flags.DEFINE_string("strategy", _default("strategy"), f"{', '.join(config_lib.STRATEGIES)}.")
 flags.DEFINE_bool("mixed_precision", _default("mixed_precision"),
                   "Mixed precision: mixed_bfloat16 on CPU and TPU, mixed_float16 with dynamic "
-                  "loss scaling on GPU (scores, estimators and losses stay float32).")
+                  "loss scaling on GPU (scores, estimators and losses stay float32). On a CPU "
+                  "without bfloat16 units (no AVX512_BF16, AMX or Arm BF16) it falls back to "
+                  "float32, which is faster there.")
+flags.DEFINE_bool("force_mixed_precision", _default("force_mixed_precision"),
+                  "With --mixed_precision, compute in bfloat16 even on a CPU without bfloat16 units.")
 flags.DEFINE_bool("random_crop", _default("random_crop"), "Random crops to the encoder's size.")
 flags.DEFINE_bool("random_flip", _default("random_flip"), "Random horizontal flips.")
 flags.DEFINE_bool("skip_corrupt", _default("skip_corrupt"),

@@ -8,6 +8,10 @@ keeps running on /cpu:0.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The XLA tests compile many small train steps: LLVM's optimisation passes would
+# double their compile time and change nothing they check.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                      "--xla_llvm_disable_expensive_passes=true")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -82,6 +82,7 @@ def test_benchmark_record_has_every_field():
 def test_profiled_benchmark_reports_time_by_op_type(tmp_path):
     record = benchmark_step(StepConfig(mi_units=16, batch_size=8), steps=2, warmup=1, repeats=1,
                             profile_dir=str(tmp_path))
+    assert record["precision"] == "float32"
     op_ms = record["op_ms_per_step"]
     assert "MatMul" in op_ms and all(ms >= 0 for ms in op_ms.values())
     assert list(op_ms.values()) == sorted(op_ms.values(), reverse=True)
@@ -111,3 +112,17 @@ def test_bfloat16_benchmark_keeps_estimator_outputs_in_float32():
     logs, local_dtype = out.rsplit(" ", 1)
     assert local_dtype == "bfloat16"
     assert "bfloat16" not in logs and "float32" in logs
+
+
+def test_benchmark_reports_the_precision_that_ran(monkeypatch):
+    """--mixed_precision on a CPU without bfloat16 units runs, and says it ran, float32."""
+    from dim_tf.training import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda *args, **kwargs: None)
+    try:
+        record = benchmark_step(StepConfig(mi_units=16, batch_size=8, mixed_precision=True),
+                                steps=1, warmup=1, repeats=1)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert record["precision"] == "float32"
+    assert record["config"]["mixed_precision"] is True

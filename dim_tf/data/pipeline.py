@@ -206,13 +206,21 @@ def convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
 
 def resize_to(image: tf.Tensor, size: int) -> tf.Tensor:
     """uint8 [..., H, W, C] -> uint8 [..., size, size, C]: antialiased bilinear resize,
-    skipped when the image already has that size. Shared with serving."""
+    down or up (a 28x28 image for a 32x32 encoder is enlarged), skipped when the
+    image already has that size. Shared with serving."""
     height, width = tf.shape(image)[-3], tf.shape(image)[-2]
     return tf.cond(
         tf.logical_and(tf.equal(height, size), tf.equal(width, size)),
         lambda: image,
-        lambda: _to_uint8(tf.image.resize(image, [size, size], antialias=True)),
+        lambda: _resize_uint8(image, [size, size]),
     )
+
+
+def _resize_uint8(image: tf.Tensor, height_width) -> tf.Tensor:
+    """The one resize kernel of training, evaluation and serving: antialiased bilinear
+    (antialiasing only matters when shrinking; enlarging without it differs by up to
+    one grey level after rounding, enough to make training and serving pixels differ)."""
+    return _to_uint8(tf.image.resize(image, height_width, antialias=True))
 
 
 def _to_uint8(resized: tf.Tensor) -> tf.Tensor:
@@ -233,6 +241,14 @@ def scale_to_unit_range(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
+def prepare_batch(images: tf.Tensor, size: int, channels: int) -> tf.Tensor:
+    """uint8 [N, H, W, 1 or 3] -> float32 [N, size, size, channels] in [-1, 1]: the
+    serving signature's preprocessing, the same pixels `preprocess` gives each image
+    without augmentation (channels converted, `resize_to` down or up, scaled)."""
+    prepared = resize_to(convert_channels(images, channels), size)
+    return scale_to_unit_range(tf.ensure_shape(prepared, [None, size, size, channels]))
+
+
 def preprocess(
     image: tf.Tensor,
     size: int,
@@ -242,21 +258,27 @@ def preprocess(
 ) -> tf.Tensor:
     """uint8 image -> float32 [size, size, C] in [-1, 1].
 
-    Images of another size are resized (or, with `random_crop`, randomly cropped
-    to size x size, after resizing the short side to `size` if smaller).
+    Images of another size, smaller or larger, are resized to size x size
+    (`resize_to`, as evaluation and the serving signature do). With
+    `random_crop` a size x size crop is taken at a random offset instead; an
+    image whose short side is smaller than `size` is first enlarged (the same
+    antialiased bilinear resize) so that its short side is exactly `size`, and
+    cropped along its long side only. A square image smaller than `size` thus
+    gets exactly the pixels evaluation and serving give it (its crop is the
+    whole enlarged image); padding instead would show the encoder borders it
+    never sees at test time.
     Randomness is stateless, from `seed` (a [2] int tensor), so it is resumable.
     """
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     channels = image.shape[-1]
     if random_crop:
         short = tf.minimum(height, width)
-        scale = tf.maximum(1.0, tf.cast(size, tf.float32) / tf.cast(short, tf.float32))
-        new_hw = tf.cast(tf.math.ceil(tf.cast(tf.stack([height, width]), tf.float32) * scale), tf.int32)
-        image = tf.cond(
-            scale > 1.0,
-            lambda: _to_uint8(tf.image.resize(image, new_hw)),
-            lambda: image,
-        )
+        # Integer arithmetic, so the short side is exactly `size` with no float rounding
+        # that could leave a 1-pixel crop offset evaluation does not have; the long
+        # side is rounded up.
+        enlarged = tf.stack([height, width]) * size
+        enlarged = (enlarged + short - 1) // short
+        image = tf.cond(short < size, lambda: _resize_uint8(image, enlarged), lambda: image)
         image = tf.image.stateless_random_crop(image, [size, size, channels], seed=seed)
     else:
         image = resize_to(image, size)
@@ -438,3 +460,25 @@ def peek_image_shape(source: ImageSource, channels: int, sample: int = 25) -> tu
         raise DataError(f"Dataset {source.name} split {source.split!r} has no images.")
     height, width = np.median(shapes, axis=0)
     return int(height), int(width)
+
+
+def log_if_enlarged(source: ImageSource, channels: int, size: int, random_crop: bool = False,
+                    encoder: str | None = None) -> bool:
+    """Logs one line, and returns True, when the typical image of `source`
+    (`peek_image_shape`) is smaller than the encoder's size x size input.
+
+    Such images (28x28 MNIST-like data for a 32x32 encoder) are enlarged with
+    the antialiased bilinear resize of `preprocess`, in training, evaluation and
+    the serving signature alike; there is no encoder of every size to choose
+    instead, so this is a note, not an error.
+    """
+    height, width = peek_image_shape(source, channels)
+    if min(height, width) >= size:
+        return False
+    how = (f"their short side is resized up to {size} before the random crop" if random_crop
+           else f"they are resized up to {size}x{size}")
+    logging.info("%s split %r: images are %dx%d, smaller than the %dx%d input of %s: %s "
+                 "(antialiased bilinear; evaluation and the exported serving signature resize "
+                 "them the same way).", source.name, source.split, height, width, size, size,
+                 f"--encoder={encoder}" if encoder else "the encoder", how)
+    return True

@@ -5,6 +5,12 @@ frozen encoder in inference mode: `conv` (the last convolutional map, flattened)
 `fc` and `y`. Features are cached in the report directory as .npz files keyed
 by a fingerprint of the encoder and the data, so a rerun with other probe
 settings does not encode the dataset again.
+
+The fingerprint names the encoder by its content, not by where it lives: a
+run retrained into the same directory reaches the same `ckpt-N` path with other
+weights, and an export can be replaced in place, so a key made of paths would
+silently serve the old encoder's features (`checkpoint_digest`,
+`saved_model_digest`).
 """
 
 from __future__ import annotations
@@ -60,8 +66,52 @@ def encode_dataset(encode: EncodeFn, dataset: tf.data.Dataset, layers: tuple[str
                          np.concatenate(labels).astype(np.int64), np.concatenate(images_uint8))
 
 
+def file_digest(paths: list[str]) -> str:
+    """SHA-256 (hex) of the names, sizes and bytes of `paths`, in order (a missing file: size -1)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        size = os.path.getsize(path) if os.path.exists(path) else -1
+        digest.update(f"{os.path.basename(path)}\0{size}\0".encode())
+        if size >= 0:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_digest(prefix: str) -> str:
+    """Content hash of the TF checkpoint `prefix` (e.g. .../checkpoints/ckpt-8).
+
+    Why the index file only: it records the dtype, shape and CRC32C of every
+    saved tensor, so it changes whenever any weight does, and it is small
+    where the data shards are not.
+
+    Raises:
+        FileNotFoundError: `prefix` has no .index file.
+    """
+    index = f"{prefix}.index"
+    if not os.path.exists(index):
+        raise FileNotFoundError(f"Checkpoint {prefix} has no {os.path.basename(index)} file.")
+    return file_digest([index])
+
+
+def saved_model_digest(directory: str) -> str:
+    """Content hash of a SavedModel: its graph (saved_model.pb) and its variables' index.
+
+    The variables index holds a CRC32C per tensor (see `checkpoint_digest`);
+    a SavedModel without variables hashes its graph alone.
+    """
+    return file_digest([os.path.join(directory, "saved_model.pb"),
+                        os.path.join(directory, "variables", "variables.index")])
+
+
 def cached_features(cache_dir: str, fingerprint: dict, compute: Callable[[], SplitFeatures]) -> SplitFeatures:
-    """Loads the features cached under `fingerprint`, or computes and caches them (atomically)."""
+    """Loads the features cached under `fingerprint`, or computes and caches them (atomically).
+
+    `fingerprint` (JSON-serialisable) must change whenever the features would:
+    it names the encoder by content (`checkpoint_digest`, `saved_model_digest`)
+    and the data by split, limit and size.
+    """
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"features-{key}.npz")
     if os.path.exists(path):

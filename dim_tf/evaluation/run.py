@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -25,7 +26,13 @@ from absl import logging
 from dim_tf.config import EvalConfig, TrainConfig, image_folder_root
 from dim_tf.data import pipeline
 from dim_tf.evaluation import diagnostics, probes, report
-from dim_tf.evaluation.features import SplitFeatures, cached_features, encode_dataset
+from dim_tf.evaluation.features import (
+    SplitFeatures,
+    cached_features,
+    checkpoint_digest,
+    encode_dataset,
+    saved_model_digest,
+)
 
 
 def _run_config(model_dir: str) -> TrainConfig:
@@ -38,26 +45,32 @@ def load_encoder(config: EvalConfig):
     if config.saved_model is not None:
         signature = tf.saved_model.load(config.saved_model).signatures["encode_normalized"]
         spec = signature.structured_input_signature[1]["images"]
-        stamp = os.path.getmtime(os.path.join(config.saved_model, "saved_model.pb"))
+        # Keyed by content: a version directory may be replaced in place (export --overwrite).
+        fingerprint = {"saved_model": os.path.abspath(config.saved_model),
+                       "saved_model_sha256": saved_model_digest(config.saved_model)}
         return (lambda images: signature(images=images), int(spec.shape[1]), int(spec.shape[3]),
-                {"saved_model": os.path.abspath(config.saved_model), "mtime": stamp}, None)
+                fingerprint, None)
     from dim_tf.training.checkpoints import training_checkpoint
-    from dim_tf.training.precision import use_mixed_precision
+    from dim_tf.training.precision import use_precision
     from dim_tf.training.run import build_model
 
     run = _run_config(config.model_dir)
-    if run.mixed_precision:
-        use_mixed_precision()
+    use_precision(run.mixed_precision, run.force_mixed_precision)
+    if config.random_init:  # the baseline's weights are a function of the key below
+        keras.utils.set_random_seed(config.seed)
     model = build_model(run)
+    # A retrained run reaches the same ckpt-N path with other weights: the key names
+    # the checkpoint's content, or the seed and architecture of a random encoder.
     fingerprint = {"model_dir": os.path.abspath(config.model_dir), "random_init": config.random_init,
-                   "seed": config.seed}
+                   "seed": config.seed, "encoder": run.encoder, "channels": run.channels,
+                   "y_units": run.y_units, "mixed_precision": run.mixed_precision}
     if not config.random_init:
         latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
         if latest is None:
             raise FileNotFoundError(f"No checkpoint in {config.model_dir}/checkpoints: train first "
                                     "or pass --random_init for the untrained baseline.")
         training_checkpoint(model).restore(latest).assert_existing_objects_matched().expect_partial()
-        fingerprint["checkpoint"] = latest
+        fingerprint.update(checkpoint=latest, checkpoint_sha256=checkpoint_digest(latest))
     encoder = model.encoder
     return (lambda images: encoder(images, training=False), run.image_size, run.channels,
             fingerprint, run)
@@ -85,6 +98,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     for split, limit in ((config.train_split, config.max_train_examples),
                          (config.test_split, config.max_test_examples)):
         source = _load_split(config, dataset, split, channels, data_dir, manual_dir)
+        pipeline.log_if_enlarged(source, channels, size)  # resized up as in training and serving
         names = names or source.label_names
         data = pipeline.evaluation_dataset(source, batch_size=config.batch_size, image_size=size,
                                            channels=channels, limit=limit)

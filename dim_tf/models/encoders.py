@@ -13,6 +13,14 @@ Conventions follow the reference PyTorch code so results are comparable: no
 bias before batch norm, BN momentum 0.9 (PyTorch 0.1) and epsilon 1e-5, PyTorch's
 default kernel initialiser, and 4x4 stride-2 convolutions padded by one pixel on
 every side (Keras' 'same' would pad asymmetrically).
+
+The folded encoders (``fold*``, the reference code's FoldedConvnet and
+FoldedResNet) cut the image into overlapping k x k crops with stride k/2 (a 7x7
+grid on 32x32 with k=8 and on 64x64 with k=16), encode every crop alone with the
+same trunk down to 1x1, and fold the 49 codes back into a 7x7 map: that map is
+the local map, so each of its locations sees exactly one crop. As in the
+reference code (`classifier_idx` conv = the fold layer) the folded map is also
+the "conv" evaluation layer; fc and y are built on top of it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 from typing import Callable
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from dim_tf.models import normalization
@@ -43,21 +52,25 @@ class _Builder:
             momentum=0.9, epsilon=1e-5, synchronized=self.sync_batch_norm, name=name
         )
 
-    def conv_bn_relu(self, x, filters, kernel, stride, padding, name):
+    def conv_bn_relu(self, x, filters, kernel, stride, padding, name, dropout=0.0):
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
         x = layers.Conv2D(
             filters, kernel, stride, padding="valid", use_bias=False,
             kernel_initializer=pytorch_default_initializer(), name=f"{name}_conv",
         )(x)
+        if dropout:  # PyTorch's Dropout2d, before BN as in the reference blocks: whole channels
+            x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)
         x = self.batch_norm(f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x)
 
-    def dense_bn_relu(self, x, units, name):
+    def dense_bn_relu(self, x, units, name, dropout=0.0):
         x = layers.Dense(
             units, use_bias=False, kernel_initializer=pytorch_default_initializer(),
             name=f"{name}_dense",
         )(x)
+        if dropout:
+            x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
         x = self.batch_norm(f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -87,10 +100,42 @@ class _Builder:
         return layers.ReLU(name=f"{name}_out")(h)
 
 
-def _basic32x32(b: _Builder, x, y_units):
+def _basic32x32_trunk(b: _Builder, x):
+    """conv1-conv3 of basic32x32: (conv2 output, conv3 output), 1/4 and 1/8 of the input side."""
     x = b.conv_bn_relu(x, 64, 4, 2, 1, "conv1")
-    local = b.conv_bn_relu(x, 128, 4, 2, 1, "conv2")
-    conv = b.conv_bn_relu(local, 256, 4, 2, 1, "conv3")
+    conv2 = b.conv_bn_relu(x, 128, 4, 2, 1, "conv2")
+    return conv2, b.conv_bn_relu(conv2, 256, 4, 2, 1, "conv3")
+
+
+def _alex_trunk(b: _Builder, x):
+    """conv1-pool5 of the AlexNet-style encoder: (conv3 output, pool5 output).
+
+    3x3 stride-1 convs keep the side; each 3x3 stride-2 pool maps s to (s - 3) // 2 + 1:
+    64 -> 31 -> 15 (conv3) -> 7 (pool5) on a 64x64 image, 16 -> 7 -> 3 -> 1 on a 16x16 crop.
+    """
+    def pool(h, name):
+        return layers.MaxPooling2D(3, 2, padding="valid", name=name)(h)
+
+    x = pool(b.conv_bn_relu(x, 96, 3, 1, 1, "conv1"), "pool1")
+    x = pool(b.conv_bn_relu(x, 192, 3, 1, 1, "conv2"), "pool2")
+    conv3 = b.conv_bn_relu(x, 384, 3, 1, 1, "conv3")
+    x = b.conv_bn_relu(conv3, 384, 3, 1, 1, "conv4")
+    return conv3, pool(b.conv_bn_relu(x, 192, 3, 1, 1, "conv5"), "pool5")
+
+
+def _resnet19_trunk(b: _Builder, x):
+    """stem-block6 of resnet19_32x32: (block3 output, block6 output), 1/4 and 1/8 of the side."""
+    x = b.conv_bn_relu(x, 64, 3, 2, 1, "stem")
+    x = b.bottleneck(x, 64, 1, "block1")
+    x = b.bottleneck(x, 64, 1, "block2")
+    block3 = b.bottleneck(x, 128, 2, "block3")
+    x = b.bottleneck(block3, 128, 1, "block4")
+    x = b.bottleneck(x, 256, 2, "block5")
+    return block3, b.bottleneck(x, 256, 1, "block6")
+
+
+def _basic32x32(b: _Builder, x, y_units):
+    local, conv = _basic32x32_trunk(b, x)
     fc = b.dense_bn_relu(layers.Flatten(name="flatten")(conv), 1024, "fc")
     return local, conv, fc, b.global_code(fc, y_units)
 
@@ -105,29 +150,147 @@ def _basic64x64(b: _Builder, x, y_units):
 
 
 def _alex64x64(b: _Builder, x, y_units):
-    def pool(h, name):
-        return layers.MaxPooling2D(3, 2, padding="valid", name=name)(h)
-
-    x = pool(b.conv_bn_relu(x, 96, 3, 1, 1, "conv1"), "pool1")
-    x = pool(b.conv_bn_relu(x, 192, 3, 1, 1, "conv2"), "pool2")
-    local = b.conv_bn_relu(x, 384, 3, 1, 1, "conv3")
-    x = b.conv_bn_relu(local, 384, 3, 1, 1, "conv4")
-    conv = pool(b.conv_bn_relu(x, 192, 3, 1, 1, "conv5"), "pool5")
+    local, conv = _alex_trunk(b, x)
     x = b.dense_bn_relu(layers.Flatten(name="flatten")(conv), 4096, "fc1")
     fc = b.dense_bn_relu(x, 4096, "fc")
     return local, conv, fc, b.global_code(fc, y_units)
 
 
 def _resnet19_32x32(b: _Builder, x, y_units):
-    x = b.conv_bn_relu(x, 64, 3, 2, 1, "stem")
-    x = b.bottleneck(x, 64, 1, "block1")
-    x = b.bottleneck(x, 64, 1, "block2")
-    local = b.bottleneck(x, 128, 2, "block3")
-    x = b.bottleneck(local, 128, 1, "block4")
-    x = b.bottleneck(x, 256, 2, "block5")
-    conv = b.bottleneck(x, 256, 1, "block6")
+    local, conv = _resnet19_trunk(b, x)
     fc = b.dense_bn_relu(layers.Flatten(name="flatten")(conv), 1024, "fc")
     return local, conv, fc, b.global_code(fc, y_units)
+
+
+@keras.saving.register_keras_serializable(package="dim_tf")
+class StridedCrops(layers.Layer):
+    """[N, S, S, C] images -> [N * G * G, k, k, C]: overlapping k x k crops, stride k/2.
+
+    G = 2 S / k - 1 crops per side (7 for k=8 on 32x32 and k=16 on 64x64), so every
+    pixel lies in one to four crops. Crops are ordered image-major, then row, then
+    column: crop (n, r, c) is index (n * G + r) * G + c and covers rows
+    [r k/2, r k/2 + k) and columns [c k/2, c k/2 + k) of image n. `FoldCrops`
+    relies on that order. Differentiable (tf.image.extract_patches).
+
+    Args:
+        crop_size: k, even and at least 2.
+    """
+
+    def __init__(self, crop_size: int, **kwargs):
+        super().__init__(**kwargs)
+        if int(crop_size) < 2 or int(crop_size) % 2:
+            raise ValueError(f"crop_size must be an even integer >= 2; got {crop_size!r}.")
+        self.crop_size = int(crop_size)
+        self.stride = self.crop_size // 2
+
+    def grid_size(self, image_size: int) -> int:
+        """G, the crops per side of a square image; ValueError if crops would miss pixels."""
+        if image_size < self.crop_size or image_size % self.stride:
+            raise ValueError(
+                f"{self.crop_size}x{self.crop_size} crops with stride {self.stride} do not tile a "
+                f"{image_size}x{image_size} image: its side must be a multiple of {self.stride} "
+                f"and at least {self.crop_size}.")
+        return (image_size - self.crop_size) // self.stride + 1
+
+    def build(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        if height != width:
+            raise ValueError(f"StridedCrops takes square images; got {height}x{width}.")
+        self.grid_size(height)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (None, self.crop_size, self.crop_size, input_shape[-1])
+
+    def call(self, images):
+        k, s = self.crop_size, self.stride
+        patches = tf.image.extract_patches(
+            images, sizes=[1, k, k, 1], strides=[1, s, s, 1], rates=[1, 1, 1, 1], padding="VALID")
+        # [N, G, G, k*k*C], each patch flattened row, column, channel: a reshape gives the crops.
+        return tf.reshape(patches, [-1, k, k, images.shape[-1]])
+
+    def get_config(self):
+        return {**super().get_config(), "crop_size": self.crop_size}
+
+
+@keras.saving.register_keras_serializable(package="dim_tf")
+class FoldCrops(layers.Layer):
+    """[N * G * G, 1, 1, D] crop codes -> [N, G, G, D]: location (r, c) holds crop (r, c).
+
+    The inverse of `StridedCrops`' ordering, for codes that have been reduced to 1x1
+    (the reference code's Fold also only refolds 1x1 codes).
+
+    Args:
+        grid_size: G, the crops per side.
+    """
+
+    def __init__(self, grid_size: int, **kwargs):
+        super().__init__(**kwargs)
+        if int(grid_size) < 1:
+            raise ValueError(f"grid_size must be a positive integer; got {grid_size!r}.")
+        self.grid_size = int(grid_size)
+
+    def build(self, input_shape):
+        if tuple(input_shape[1:3]) != (1, 1):
+            raise ValueError("FoldCrops folds crop codes of spatial size 1x1; got "
+                             f"{input_shape[1]}x{input_shape[2]}: reduce each crop to 1x1 first.")
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (None, self.grid_size, self.grid_size, input_shape[-1])
+
+    def call(self, codes):
+        g = self.grid_size
+        return tf.reshape(codes, [-1, g, g, codes.shape[-1]])
+
+    def get_config(self):
+        return {**super().get_config(), "grid_size": self.grid_size}
+
+
+def _folded_local_map(x, crop_size: int, crop_trunk: Callable):
+    """Encodes each strided crop of `x` alone with `crop_trunk` (crops -> [.., 1, 1, D]) and
+    folds the codes into the G x G x D local map. Batch norm inside the trunk sees the
+    N * G * G crops as its batch, as in the reference code."""
+    crops_layer = StridedCrops(crop_size, name="crops")
+    grid = crops_layer.grid_size(x.shape[1])
+    return FoldCrops(grid, name="fold")(crop_trunk(crops_layer(x)))
+
+
+def _foldbasic32x32(b: _Builder, x, y_units):
+    """basic32x32's convs on each 8x8 crop (8 -> 4 -> 2 -> 1), folded to 7x7x256.
+
+    Not a reference config: it is built from basic32x32 the way the reference builds
+    foldresnet19_32x32 from resnet19_32x32 (fold, flatten, fc 1024, Y); a cheap folded
+    encoder for CIFAR-sized images.
+    """
+    local = _folded_local_map(x, 8, lambda crops: _basic32x32_trunk(b, crops)[1])
+    fc = b.dense_bn_relu(layers.Flatten(name="flatten")(local), 1024, "fc")
+    return local, local, fc, b.global_code(fc, y_units)
+
+
+def _foldresnet19_32x32(b: _Builder, x, y_units):
+    """The reference's foldresnet19_32x32 (configs/resnets.py): resnet19_32x32's stem and
+    blocks on each 8x8 crop (8 -> 4 -> 2 -> 1), folded to 7x7x1024; fc 1024 on the
+    flattened map, then Y. Local map and "conv" are the folded map."""
+    local = _folded_local_map(x, 8, lambda crops: _resnet19_trunk(b, crops)[1])
+    fc = b.dense_bn_relu(layers.Flatten(name="flatten")(local), 1024, "fc")
+    return local, local, fc, b.global_code(fc, y_units)
+
+
+def _foldalex64x64(b: _Builder, x, y_units):
+    """The reference's foldalex64x64 (configs/convnets.py, its STL-10 folded network):
+    alex64x64's conv1-pool5 on each 16x16 crop (16 -> 7 -> 3 -> 1), folded to 7x7x192
+    (local map and "conv"); then conv 384 3x3 stride 2 unpadded (7 -> 3) with channel
+    dropout 0.1, fc 4096 with dropout 0.1 ("fc"), and Y.
+
+    The reference initialises this variant with N(0, 0.02) and biases before BN; we keep
+    this module's conventions (PyTorch's default init, no bias under BN), which are also
+    those of its multi-global sibling foldmultialex64x64 that the reference README runs.
+    """
+    local = _folded_local_map(x, 16, lambda crops: _alex_trunk(b, crops)[1])
+    h = b.conv_bn_relu(local, 384, 3, 2, 0, "conv6", dropout=0.1)
+    fc = b.dense_bn_relu(layers.Flatten(name="flatten")(h), 4096, "fc", dropout=0.1)
+    return local, local, fc, b.global_code(fc, y_units)
 
 
 # name -> (image size the fully connected layers are built for, body)
@@ -136,6 +299,9 @@ _ENCODERS: dict[str, tuple[int, Callable]] = {
     "basic64x64": (64, _basic64x64),
     "alex64x64": (64, _alex64x64),
     "resnet19_32x32": (32, _resnet19_32x32),
+    "foldbasic32x32": (32, _foldbasic32x32),
+    "foldresnet19_32x32": (32, _foldresnet19_32x32),
+    "foldalex64x64": (64, _foldalex64x64),
 }
 ENCODERS = tuple(_ENCODERS)
 

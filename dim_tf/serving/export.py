@@ -4,8 +4,9 @@
 
 - signature `serving_default`: `images`, uint8 [batch, height, width, 1 or 3],
   any batch and image size; inside the graph the training preprocessing runs
-  (channels converted, antialiased resize to the encoder's size, scaling to
-  [-1, 1]) and the encoder runs in inference mode. Outputs `y` (the global
+  (`dim_tf.data.pipeline.prepare_batch`: channels converted, antialiased resize
+  to the encoder's size, down or up, scaling to [-1, 1]) and the encoder runs
+  in inference mode. Outputs `y` (the global
   code), `fc`, `conv` and `local`, in float32.
 - signature `encode_normalized`: `images`, float32 [batch, size, size,
   channels] already scaled to [-1, 1]; the same outputs.
@@ -33,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from dim_tf.data.labels import LABELS_FILE
-from dim_tf.data.pipeline import convert_channels, resize_to, scale_to_unit_range
+from dim_tf.data.pipeline import prepare_batch
 from dim_tf.faults import kill_point
 from dim_tf.models.encoders import FEATURE_NAMES
 from dim_tf.serving.versions import reserve_version
@@ -85,8 +86,7 @@ def _serving_functions(encoder: keras.Model):
                           "images must have 1 (gray) or 3 (RGB) channels")
         images = _require(images, tf.reduce_all(shape[1:3] > 0),
                           "images must be at least 1x1 pixels (height and width >= 1)")
-        prepared = resize_to(convert_channels(images, channels), size)
-        return features(scale_to_unit_range(tf.ensure_shape(prepared, [None, size, size, channels])))
+        return features(prepare_batch(images, size, channels))  # training's pixels, see its docstring
 
     uint8_spec = tf.TensorSpec(None, tf.uint8, name="images")
     float_spec = tf.TensorSpec([None, size, size, channels], tf.float32, name="images")
@@ -188,7 +188,7 @@ def export_run(
     """
     from dim_tf.config import TrainConfig
     from dim_tf.training.checkpoints import training_checkpoint
-    from dim_tf.training.precision import use_mixed_precision
+    from dim_tf.training.precision import use_precision
     from dim_tf.training.run import build_model
 
     config_path = os.path.join(model_dir, "config.json")
@@ -201,8 +201,7 @@ def export_run(
     if latest is None:
         raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')}: "
                                 "train first, or check --model_dir.")
-    if config.mixed_precision:
-        use_mixed_precision()
+    use_precision(config.mixed_precision, config.force_mixed_precision)
     model = build_model(config)
     checkpoint = training_checkpoint(model)
     checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()

@@ -12,9 +12,15 @@ One step on a batch of images (Hjelm et al. 2019, eq. 8):
 Both gradients are taken at the same parameters from one forward pass, then
 both optimisers step. Under a `tf.distribute` strategy each replica reduces its
 per-example losses by the *global* batch size and gradients are summed across
-replicas, so a multi-replica step equals the single-device step on the same
-global batch (batch norm is synchronised; prior samples are drawn for the
-global batch from a stateless seed and sliced per replica).
+replicas; by default every other image of the *global* batch is a negative
+(features are all-gathered), so a multi-replica step equals the single-device
+step on the same global batch (batch norm is synchronised; prior samples are
+drawn for the global batch from a stateless seed and sliced per replica).
+
+A step with a NaN or Inf in any term or checked gradient applies nothing and
+stops `fit` with `NonFiniteError` naming the step and the terms. The flags are
+computed in the graph and turned into names on the host, so the guard also
+holds under XLA (`jit_compile=True`), which ignores `tf.debugging.Assert`.
 
 Typical use::
 
@@ -32,6 +38,7 @@ import re
 import keras
 import tensorflow as tf
 
+from dim_tf.config import LOCAL_CRITICS, NEGATIVES
 from dim_tf.models.heads import (
     ConcatAndConvolveCritic,
     GlobalCritic,
@@ -43,21 +50,13 @@ from dim_tf.objectives import prior as prior_lib
 from dim_tf.objectives import scores as scores_lib
 from dim_tf.objectives.estimators import canonical_estimator, per_example_mi
 from dim_tf.training import precision
+from dim_tf.training.errors import NonFiniteError
+from dim_tf.training.keras_hooks import PrebuiltModel
 
-LOCAL_CRITICS = ("dot", "concat")
-NEGATIVES = ("replica", "global")
-# The error a non-finite step raises reads
-#   assertion failed: [NaN or Inf at DIM training step] [STEP] [in:] [NAME NAME ...]
+# Under multi-replica strategies the guard is an in-graph assertion whose message
+# reads "assertion failed: [NaN or Inf at DIM training step] [STEP] [flags:] [0 1 ...]".
 NON_FINITE_MARKER = "NaN or Inf at DIM training step"
-_NON_FINITE = re.compile(re.escape(NON_FINITE_MARKER) + r"\] \[(\d+)\] \[in:\] \[([^\]]*)\]")
-
-
-def non_finite_step(error: BaseException) -> tuple[int, list[str]] | None:
-    """(step, names) from the error of a non-finite `train_step`: the 1-based step
-    that was not applied and the log keys of its non-finite values (such as
-    "local_mi", "prior_disc_loss", "encoder_gradients"); None for another error."""
-    match = _NON_FINITE.search(str(error))
-    return (int(match.group(1)), match.group(2).split()) if match else None
+_ASSERTED = re.compile(re.escape(NON_FINITE_MARKER) + r"\] \[(\d+)\] \[flags:\] \[([\d ]*)\]")
 
 
 def default_optimizer(learning_rate: float = 1e-4) -> keras.optimizers.Optimizer:
@@ -75,13 +74,75 @@ def _images_and_labels(data):
     return data, None
 
 
+def _cross_replica_merges() -> bool:
+    """Whether an optimiser's update merges across replicas (MirroredStrategy and
+    its multi-worker and TPU kin), which `tf.cond` cannot contain."""
+    strategy = tf.distribute.get_strategy()
+    return tf.distribute.has_strategy() and not isinstance(strategy, tf.distribute.OneDeviceStrategy)
+
+
+def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce("sum", value)
+
+
+def _non_finite(value) -> tf.Tensor:
+    """1.0 if a tensor (or any of a list of tensors) holds a NaN or Inf, else 0.0."""
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    # x * 0 is 0 for finite x and NaN for NaN or Inf: one reduction per tensor.
+    total = tf.add_n([tf.reduce_sum(tf.cast(p, tf.float32) * 0.0) for p in parts if p is not None])
+    return tf.cast(tf.logical_not(tf.math.is_finite(total)), tf.float32)
+
+
+class _SkippedStep:
+    """The first step that was not applied for a NaN or Inf, and its flags.
+
+    A plain object, not a Keras layer: its variable is not part of the model's
+    weights or checkpoints. Once set, later steps of the same train-function call
+    (steps_per_execution > 1) are not applied either, so training stops at the
+    first bad step whatever the execution grouping.
+    """
+
+    MAX_NAMES = 31  # flags travel as bits of one int32
+
+    def __init__(self):
+        self._record = tf.Variable([0, 0], dtype=tf.int32, trainable=False, name="skipped_step")
+
+    def apply_if_finite(self, flags: tf.Tensor, step: tf.Tensor, apply) -> None:
+        if flags.shape[0] > self.MAX_NAMES:
+            raise ValueError(f"at most {self.MAX_NAMES} checked terms; got {flags.shape[0]}.")
+        bits = tf.reduce_sum(flags * tf.bitwise.left_shift(1, tf.range(tf.shape(flags)[0])))
+        clean = tf.logical_and(tf.equal(bits, 0), tf.equal(self._record[0], 0))
+
+        def applied():
+            apply()
+            return tf.constant(True)
+
+        def skipped():
+            first = tf.where(tf.equal(self._record[0], 0), tf.stack([step, bits]), self._record)
+            self._record.assign(first)
+            return tf.constant(False)
+
+        tf.cond(clean, applied, skipped)
+
+    def take(self) -> tuple[int, list[int]] | None:
+        """(step, flags) of a skipped step, clearing the record; None if none."""
+        step, bits = (int(v) for v in self._record.numpy())
+        if step == 0:
+            return None
+        self._record.assign([0, 0])
+        return step, [(bits >> i) & 1 for i in range(self.MAX_NAMES)]
+
+
 def _is_multi_worker() -> bool:
     return isinstance(
         tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy
     )
 
 
-class DeepInfoMax(keras.Model):
+class DeepInfoMax(PrebuiltModel):
     """Deep InfoMax: an encoder trained by local, global and prior objectives.
 
     Args:
@@ -94,8 +155,12 @@ class DeepInfoMax(keras.Model):
         mi_units: width of the encode-and-dot heads.
         local_critic: "dot" (encode-and-dot, the reference code) or "concat"
             (concat-and-convolve, the paper's Figure 3).
-        negatives: "replica" (candidates from this replica's batch) or "global"
-            (all-gathered from every replica; same as "replica" on one device).
+        negatives: "global" (default: every other image of the global batch, as
+            in the paper; features are all-gathered from every replica) or
+            "replica" (only this replica's batch: R replicas give each image
+            batch/R - 1 negatives instead of batch - 1, which changes the
+            estimator, most of all infoNCE's bound log(K); cheaper at scale).
+            The same on one device.
         negative_group_size: if set, each image competes only with the images
             of its group of this many consecutive images (see `objectives.scores`).
         gradient_penalty_weight: weight of D's zero-centred gradient penalty.
@@ -107,6 +172,9 @@ class DeepInfoMax(keras.Model):
             batches' labels (label < 0 = unlabelled, ignored), as the reference
             code's online monitor; no gradient of it reaches the encoder.
         monitor_layers: encoder outputs the online monitor probes.
+
+    `fit` on arrays keeps a last partial batch (Keras' behaviour); the command
+    line and the reference code drop it, so every step there sees a full batch.
     """
 
     def __init__(
@@ -119,7 +187,7 @@ class DeepInfoMax(keras.Model):
         gamma: float = 0.1,
         mi_units: int = 2048,
         local_critic: str = "dot",
-        negatives: str = "replica",
+        negatives: str = "global",
         negative_group_size: int | None = None,
         gradient_penalty_weight: float = 1.0,
         sync_batch_norm: bool = True,
@@ -247,11 +315,7 @@ class DeepInfoMax(keras.Model):
         if self.monitors:
             self.monitor_optimizer = monitor_optimizer
             self.monitor_optimizer.build(self.monitor_variables)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """No-op: every variable already exists (`_build_by_tracing`). Keras' version
-        reduces a first batch across replicas, which fails under
-        MultiWorkerMirroredStrategy for (images, labels) batches."""
+        self._skipped_step = _SkippedStep()
 
     @property
     def metrics(self) -> list:
@@ -380,7 +444,11 @@ class DeepInfoMax(keras.Model):
         if self.monitors and labels is not None:
             with tf.GradientTape() as monitor_tape:
                 monitor_loss, monitor_terms, labelled = self._monitor_terms(features, labels, True)
-                monitor_loss = self._global_mean(monitor_loss)
+                # Averaged over the labelled images of the global batch, as the reference
+                # code does: on STL-10 train+unlabelled only 1 image in 21 has a label,
+                # and a division by the batch would shrink the monitor's rate 21-fold.
+                labelled_count = tf.maximum(_sum_over_replicas(tf.reduce_sum(labelled)), 1.0)
+                monitor_loss = tf.reduce_sum(monitor_loss) / labelled_count
                 scaled_monitor_loss = self.monitor_optimizer.scale_loss(monitor_loss)
             monitor_vars = self.monitor_variables
             updates["monitor"] = (self.monitor_optimizer, monitor_vars,
@@ -395,37 +463,71 @@ class DeepInfoMax(keras.Model):
         # No variable of any player (nor an iteration count) moves unless every term
         # and checked gradient of this step is finite: a NaN/Inf stops training with
         # the previous step's weights and counters.
-        with tf.control_dependencies([self._assert_finite(checked)]):
-            for optimizer, variables, grads in updates.values():
-                optimizer.apply_gradients(zip(grads, variables))
+        self._apply_if_finite(checked, updates)
         return self._logs(terms, weights)
 
-    def _assert_finite(self, checked: dict) -> tf.Operation:
-        """An op that fails, naming every non-finite entry of `checked` ({name: tensor
-        or list of tensors}), if any value is NaN or Inf on any replica.
+    def _apply_if_finite(self, checked: dict, updates: dict) -> None:
+        """Applies every player's update if all of `checked` ({name: tensor or list
+        of tensors}) is finite on every replica; otherwise applies nothing and
+        records the step for `make_train_function`'s wrapper to raise.
 
-        One reduction per tensor and, with several replicas, one small all-reduce so
-        every worker stops at the same step; no host synchronisation.
+        Without a multi-replica strategy the updates sit in a `tf.cond` and the
+        flags go to a host-read variable: that compiles under XLA, which drops
+        assertions. Under MirroredStrategy an optimiser's cross-replica merge
+        cannot sit inside a `tf.cond`, and XLA is off there, so an assertion
+        stops the step instead, carrying the flags as numbers.
         """
         names = sorted(checked)
-
-        def bad(value):
-            parts = value if isinstance(value, (list, tuple)) else [value]
-            # x * 0 is 0 for finite x and NaN for NaN or Inf: one reduction per tensor.
-            total = tf.add_n([tf.reduce_sum(tf.cast(p, tf.float32) * 0.0)
-                              for p in parts if p is not None])
-            return tf.cast(tf.logical_not(tf.math.is_finite(total)), tf.float32)
-
-        flags = tf.stack([bad(checked[name]) for name in names])
+        self._checked_names = tuple(names)  # fixed at tracing; read on the host
+        flags = tf.stack([_non_finite(checked[name]) for name in names])
         if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            # One small all-reduce, so every worker stops at the same step.
             flags = tf.distribute.get_replica_context().all_reduce("sum", flags)
-        flags = flags > 0
-        return tf.debugging.Assert(
-            tf.logical_not(tf.reduce_any(flags)),
-            [NON_FINITE_MARKER, self.optimizer.iterations + 1, "in:",
-             tf.boolean_mask(tf.constant(names), flags)],
-            summarize=len(names),
-        )
+        flags = tf.cast(flags > 0, tf.int32)
+        step = tf.cast(self.optimizer.iterations + 1, tf.int32)
+
+        def apply_all():
+            for optimizer, variables, grads in updates.values():
+                optimizer.apply_gradients(zip(grads, variables))
+
+        if _cross_replica_merges():
+            check = tf.debugging.Assert(
+                tf.equal(tf.reduce_sum(flags), 0),
+                [NON_FINITE_MARKER, step, "flags:", flags], summarize=len(names))
+            with tf.control_dependencies([check]):
+                apply_all()
+            return
+        self._skipped_step.apply_if_finite(flags, step, apply_all)
+
+    def make_train_function(self, force: bool = False):
+        """Keras' train function, wrapped to raise `NonFiniteError` on the host when
+        a step was not applied because a term or gradient was NaN or Inf."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force)
+        run_steps = self.train_function
+
+        def train_function(iterator):
+            try:
+                logs = run_steps(iterator)
+            except tf.errors.InvalidArgumentError as error:
+                match = _ASSERTED.search(str(error))
+                if match is None:
+                    raise
+                flags = [int(f) for f in match.group(2).split()]
+                raise self._non_finite_error(int(match.group(1)), flags) from None
+            skipped = self._skipped_step.take()
+            if skipped is not None:
+                raise self._non_finite_error(*skipped)
+            return logs
+
+        self.train_function = train_function
+        return train_function
+
+    def _non_finite_error(self, step: int, flags: list[int]) -> NonFiniteError:
+        terms = [name for name, flag in zip(self._checked_names, flags) if flag]
+        return NonFiniteError(f"{NON_FINITE_MARKER} {step} in: {' '.join(terms)}",
+                              step=step, terms=terms)
 
     def test_step(self, data):
         images, labels = _images_and_labels(data)

@@ -17,7 +17,19 @@ class Preempted(TrainingError):
 
 
 class NonFiniteError(TrainingError):
-    """A loss, MI estimate or gradient became NaN or Inf; nothing of that step was saved."""
+    """A loss, MI estimate or gradient became NaN or Inf; nothing of that step was
+    applied or saved.
+
+    Attributes:
+        step: the 1-based training step that was not applied.
+        terms: the log keys of its non-finite values (such as "local_mi",
+            "prior_disc_loss", "encoder_gradients").
+    """
+
+    def __init__(self, message: str, step: int | None = None, terms: tuple[str, ...] | list = ()):
+        super().__init__(message)
+        self.step = step
+        self.terms = tuple(terms)
 
 
 class ModelDirBusy(TrainingError):

@@ -45,9 +45,9 @@ from dim_tf.training.checkpoints import (
     training_checkpoint,
 )
 from dim_tf.training.checkpoints import remove_leftovers as remove_checkpoint_leftovers
-from dim_tf.training.dim_model import DeepInfoMax, default_optimizer, non_finite_step
+from dim_tf.training.dim_model import DeepInfoMax, default_optimizer
 from dim_tf.training.errors import NonFiniteError, Preempted, TrainingError
-from dim_tf.training.precision import use_mixed_precision
+from dim_tf.training.precision import use_precision
 from dim_tf.training.strategy import is_chief, make_strategy, worker_id
 
 
@@ -237,13 +237,10 @@ def _prepare_source(config: TrainConfig) -> pipeline.ImageSource:
         source = pipeline.usable_images(source, config.channels, skip_bad=config.skip_corrupt)
     if source.num_examples == 0:
         raise pipeline.DataError(f"--dataset={config.dataset} split {config.train_split!r} has no images.")
-    height, width = pipeline.peek_image_shape(source, config.channels)
-    if min(height, width) < config.image_size:
-        raise ConfigError(
-            f"--encoder={config.encoder} takes {config.image_size}x{config.image_size} images but "
-            f"{config.dataset} images are {height}x{width}: choose an encoder for that size "
-            "(basic32x32 or resnet19_32x32 for 32x32; basic64x64 or alex64x64 for 64x64)."
-        )
+    # Smaller images (28x28 MNIST-like data) are resized up, not refused: no encoder
+    # exists for every size, and evaluation and serving resize them up the same way.
+    pipeline.log_if_enlarged(source, config.channels, config.image_size,
+                             random_crop=config.random_crop, encoder=config.encoder)
     return source
 
 
@@ -256,7 +253,8 @@ def build_model(config: TrainConfig, monitor_classes: int | None = None) -> Deep
     model = DeepInfoMax(
         encoder, estimator=config.estimator, alpha=config.alpha, beta=config.beta,
         gamma=config.gamma, mi_units=config.mi_units, local_critic=config.local_critic,
-        negatives=config.negatives, seed=config.seed,
+        negatives=config.negatives, gradient_penalty_weight=config.gradient_penalty_weight,
+        seed=config.seed,
         monitor_classes=monitor_classes if config.monitor else None,
     )
     model.compile(default_optimizer(config.learning_rate), default_optimizer(config.learning_rate))
@@ -284,8 +282,7 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
         Preempted: SIGTERM; the current step was saved.
     """
     config.check_paths()
-    if config.mixed_precision:
-        use_mixed_precision()
+    use_precision(config.mixed_precision, config.force_mixed_precision)
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -392,18 +389,14 @@ def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool
         try:
             logs = _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks,
                              stop=lambda: stopper.requested or clock.budget_reached)
-        except tf.errors.InvalidArgumentError as error:
-            found = non_finite_step(error)
-            if found is None:
-                raise
-            step, terms = found
+        except NonFiniteError as error:
             logged = {m.name for m in model.metrics}
-            named = ", ".join(f"{_metric_tag(t)} ({t})" if t in logged else t for t in terms)
+            named = ", ".join(f"{_metric_tag(t)} ({t})" if t in logged else t for t in error.terms)
             raise NonFiniteError(
-                f"Training stopped at step {step} of {total_steps}: NaN or Inf "
+                f"Training stopped at step {error.step} of {total_steps}: NaN or Inf "
                 f"in {named}. No weight of that step was applied or saved; the last checkpoint "
                 f"({store.latest_checkpoint or 'none'}) is intact. Lower --learning_rate or check "
-                "the data, then rerun to resume from it."
+                "the data, then rerun to resume from it.", step=error.step, terms=error.terms,
             ) from None
     seconds = time.perf_counter() - tick
     end_step = _global_step(model)

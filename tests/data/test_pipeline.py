@@ -113,3 +113,36 @@ def test_stream_splits_global_batches_across_input_pipelines(folder):
     for step, (images, _) in enumerate(whole):
         np.testing.assert_array_equal(images[:2], halves[0][step][0])
         np.testing.assert_array_equal(images[2:], halves[1][step][0])
+
+
+@pytest.mark.parametrize("random_crop", [False, True])
+@pytest.mark.parametrize("file_channels, channels", [(1, 1), (1, 3), (3, 1)])
+def test_smaller_image_gets_the_same_pixels_in_training_evaluation_and_serving(
+        tmp_path, random_crop, file_channels, channels):
+    # A 28x28 image (the MNIST family's size) for a 32x32 encoder: resized up, the
+    # random crop (if any) then covers the whole image, so all three paths must agree.
+    pixels = np.random.default_rng(3).integers(0, 256, (28, 28, file_channels), dtype=np.uint8)
+    (tmp_path / "train" / "digit").mkdir(parents=True)
+    (tmp_path / "train" / "digit" / "0.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    source = pipeline.load_source(f"folder:{tmp_path}", "train")
+    train_images, _ = next(iter(pipeline.training_dataset(
+        source, global_batch_size=1, steps_per_epoch=1, start_step=0, seed=5, image_size=32,
+        channels=channels, random_crop=random_crop)))
+    eval_images, _ = next(iter(pipeline.evaluation_dataset(source, batch_size=1, image_size=32,
+                                                           channels=channels)))
+    served = pipeline.prepare_batch(tf.constant(pixels[None]), 32, channels)  # serving's function
+    assert train_images.shape == eval_images.shape == served.shape == (1, 32, 32, channels)
+    np.testing.assert_allclose(train_images, eval_images, atol=1e-6)
+    np.testing.assert_allclose(served, eval_images, atol=1e-6)
+    assert pipeline.log_if_enlarged(source, channels, 32) and not pipeline.log_if_enlarged(source, channels, 28)
+
+
+def test_random_crop_enlarges_a_small_image_to_a_short_side_of_exactly_size():
+    # 20x28 -> 32x45 (short side exactly 32, long side rounded up), then cropped
+    # along the long side only: a crop never falls outside the image.
+    image = tf.constant(np.tile(np.arange(28, dtype=np.uint8) * 9, (20, 1))[..., None])
+    crops = [pipeline.preprocess(image, 32, random_crop=True, seed=tf.constant([s, 0])) for s in range(8)]
+    assert all(c.shape == (32, 32, 1) for c in crops)
+    # Every row of a crop is the same (the image varies along its width only).
+    assert all(np.ptp(c.numpy(), axis=0).max() < 1e-6 for c in crops)
+    assert len({float(c[0, 0, 0]) for c in crops}) > 1  # offsets along the width differ

@@ -1,10 +1,13 @@
 """Encoder architectures and MI heads."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dim_tf.models.encoders import ENCODERS, build_encoder, encoder_image_size
+from dim_tf.models.encoders import (
+    ENCODERS, FoldCrops, StridedCrops, build_encoder, encoder_image_size,
+)
 from dim_tf.models.heads import GlobalCritic, MIProjection
 
 EXPECTED_SHAPES = {
@@ -12,7 +15,13 @@ EXPECTED_SHAPES = {
     "basic64x64": {"local": (8, 8, 256), "conv": (4, 4, 512), "fc": (1024,), "y": (64,)},
     "alex64x64": {"local": (15, 15, 384), "conv": (7, 7, 192), "fc": (4096,), "y": (64,)},
     "resnet19_32x32": {"local": (8, 8, 512), "conv": (4, 4, 1024), "fc": (1024,), "y": (64,)},
+    # Folded: 7x7 crops encoded to 1x1 each; the folded map is both local map and "conv".
+    "foldbasic32x32": {"local": (7, 7, 256), "conv": (7, 7, 256), "fc": (1024,), "y": (64,)},
+    "foldresnet19_32x32": {"local": (7, 7, 1024), "conv": (7, 7, 1024), "fc": (1024,), "y": (64,)},
+    "foldalex64x64": {"local": (7, 7, 192), "conv": (7, 7, 192), "fc": (4096,), "y": (64,)},
 }
+# name -> (crop side k, stride k/2) of the folded encoders.
+FOLDED = {"foldbasic32x32": 8, "foldresnet19_32x32": 8, "foldalex64x64": 16}
 
 
 @pytest.mark.parametrize("name", ENCODERS)
@@ -24,6 +33,125 @@ def test_feature_shapes(name, channels):
     assert set(features) == {"local", "conv", "fc", "y"}
     for key, shape in EXPECTED_SHAPES[name].items():
         assert tuple(features[key].shape) == (2,) + shape, key
+
+
+def test_every_encoder_has_expected_shapes():
+    assert set(EXPECTED_SHAPES) == set(ENCODERS)
+    assert set(FOLDED) == {name for name in ENCODERS if name.startswith("fold")}
+
+
+def _crop_window(r, c, crop, size):
+    """Boolean [size, size] mask of the pixels of crop (r, c)."""
+    mask = np.zeros((size, size), bool)
+    stride = crop // 2
+    mask[r * stride:r * stride + crop, c * stride:c * stride + crop] = True
+    return mask
+
+
+def test_strided_crops_cut_every_window_in_order_and_fold_inverts_the_order():
+    images = tf.reshape(tf.range(2 * 32 * 32 * 3, dtype=tf.float32), (2, 32, 32, 3))
+    crops = StridedCrops(8)(images).numpy()
+    assert crops.shape == (2 * 49, 8, 8, 3)
+    for n in range(2):
+        for r in range(7):
+            for c in range(7):
+                np.testing.assert_array_equal(
+                    crops[(n * 7 + r) * 7 + c], images[n, 4 * r:4 * r + 8, 4 * c:4 * c + 8].numpy())
+    # Fold puts crop (n, r, c)'s code at location (r, c) of image n.
+    codes = crops[:, :1, :1, :]  # top-left pixel of each crop: (4r, 4c) of image n
+    folded = FoldCrops(7)(codes).numpy()
+    np.testing.assert_array_equal(folded, images.numpy()[:, 0:28:4, 0:28:4, :])
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (lambda: StridedCrops(7), "crop_size must be an even integer"),
+        (lambda: StridedCrops(16)(np.zeros((1, 36, 36, 3), np.float32)), "do not tile a 36x36 image"),
+        (lambda: FoldCrops(7)(np.zeros((49, 2, 2, 3), np.float32)), "1x1"),
+    ],
+)
+def test_crop_layers_refuse_what_they_cannot_tile_or_fold(layer, message):
+    with pytest.raises(ValueError, match=message):
+        layer()
+
+
+@pytest.mark.parametrize("name", sorted(FOLDED))
+def test_folded_local_map_location_sees_only_its_own_crop(name):
+    """d local[r, c] / d image is zero outside crop (r, c)'s window and non-zero inside it.
+
+    A mis-cut crop (wrong offset or stride) or a mis-fold (rows and columns swapped,
+    another image's crop) moves the gradient out of the window. Inference mode: in
+    training mode batch norm's statistics couple all crops of the batch (as in the
+    reference code), so locations are independent only given fixed statistics.
+    """
+    encoder = build_encoder(name, sync_batch_norm=False)
+    size, crop = encoder_image_size(name), FOLDED[name]
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
+    weights = tf.constant(rng.normal(size=EXPECTED_SHAPES[name]["local"][-1]), tf.float32)
+    # One copy of the image per location; copy b = 7r + c scores only location (r, c), so the
+    # gradient of the sum w.r.t. copy b is the gradient of local[r, c] alone.
+    images = tf.constant(np.repeat(image, 49, axis=0))
+    selector = tf.reshape(tf.eye(49), (49, 7, 7, 1))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        local = encoder(images, training=False)["local"]
+        score = tf.reduce_sum(selector * tf.tensordot(local, weights, 1)[..., tf.newaxis])
+    magnitude = tf.reduce_sum(tf.abs(tape.gradient(score, images)), -1).numpy()  # [49, S, S]
+    for r in range(7):
+        for c in range(7):
+            window = _crop_window(r, c, crop, size)
+            grad = magnitude[7 * r + c]
+            assert np.all(grad[~window] == 0), f"local[{r}, {c}] depends on pixels outside its crop"
+            assert grad[window].max() > 0, f"local[{r}, {c}] does not depend on its crop"
+
+
+@pytest.mark.parametrize("name", sorted(FOLDED))
+@pytest.mark.parametrize("feature", ["local", "y"])
+def test_gradients_reach_every_crop_of_a_folded_encoder(name, feature):
+    """A scalar of the whole local map, and of Y, has a non-zero gradient in every crop's
+    window, and the windows together cover every pixel of the image."""
+    encoder = build_encoder(name, sync_batch_norm=False)
+    size, crop = encoder_image_size(name), FOLDED[name]
+    rng = np.random.default_rng(1)
+    images = tf.constant(rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        out = encoder(images, training=False)[feature]
+        score = tf.reduce_sum(out * tf.constant(rng.normal(size=out.shape), tf.float32))
+    magnitude = tf.reduce_sum(tf.abs(tape.gradient(score, images)), -1).numpy()  # [2, S, S]
+    covered = np.zeros((size, size), bool)
+    for r in range(7):
+        for c in range(7):
+            window = _crop_window(r, c, crop, size)
+            covered |= window
+            for n in range(2):
+                assert magnitude[n][window].max() > 0, f"no gradient reaches crop ({r}, {c})"
+    assert covered.all()
+
+
+def test_folded_encoder_survives_keras_and_saved_model_round_trips(tmp_path):
+    """The crop and fold layers serialise: a .keras file and the TF Serving export
+    both give back the in-memory encoder's outputs."""
+    from dim_tf.serving.export import NORMALIZED_SIGNATURE, export_encoder
+
+    encoder = build_encoder("foldbasic32x32", sync_batch_norm=False)
+    rng = np.random.default_rng(2)
+    for _ in range(2):  # non-trivial batch-norm statistics
+        encoder(rng.uniform(-1, 0.5, (8, 32, 32, 3)).astype(np.float32), training=True)
+    images = rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    expected = {k: v.numpy() for k, v in encoder(images, training=False).items()}
+
+    encoder.save(tmp_path / "encoder.keras")
+    restored = keras.models.load_model(tmp_path / "encoder.keras")
+    for key, value in restored(images, training=False).items():
+        np.testing.assert_allclose(value.numpy(), expected[key], rtol=1e-5, atol=1e-5)
+
+    served = tf.saved_model.load(export_encoder(encoder, str(tmp_path / "export")))
+    outputs = served.signatures[NORMALIZED_SIGNATURE](images=tf.constant(images))
+    for key in ("local", "conv", "fc", "y"):
+        np.testing.assert_allclose(outputs[key].numpy(), expected[key], rtol=1e-4, atol=1e-4)
 
 
 def test_basic32x32_follows_reference_conventions():

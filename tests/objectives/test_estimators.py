@@ -71,13 +71,144 @@ def test_matches_numpy_reference(estimator):
     np.testing.assert_allclose(result.mi.numpy(), expected_mi, rtol=1e-5, atol=1e-5)
 
 
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+# d/du of the positive term g and of the negative term f*(g) above.
+_F_PAIR_DERIVATIVES = {
+    "jsd": (lambda u: _sigmoid(-u), lambda u: _sigmoid(u)),
+    "gan": (lambda u: _sigmoid(-u), lambda u: _sigmoid(u)),
+    "kl": (lambda u: np.ones_like(u), lambda u: np.exp(u)),
+    "rkl": (lambda u: np.exp(-u), lambda u: np.ones_like(u)),
+    "h2": (lambda u: np.exp(-u), lambda u: np.exp(u)),
+    "x2": (lambda u: np.ones_like(u), lambda u: u / 2.0 + 1.0),
+}
+
+
+def numpy_mi_gradient(scores, positive_index, estimator):
+    """Float64 closed-form gradient of each row's loss w.r.t. that row's scores
+    ([rows, candidates, locations]; a row's loss depends on its own scores only),
+    with log-sum-exp / softmax written stably so it is exact for scores of any size."""
+    scores = scores.astype(np.float64)
+    rows, candidates, locations = scores.shape
+    grad = np.zeros_like(scores)
+    for i in range(rows):
+        p = positive_index[i]
+        pos = scores[i, p, :]
+        neg_mask = np.arange(candidates) != p
+        neg = scores[i, neg_mask, :].reshape(-1)
+        if estimator == "dv":
+            grad[i, p, :] = -1.0 / locations
+            grad[i, neg_mask, :] = _softmax(neg).reshape(candidates - 1, locations)
+        elif estimator == "nce":
+            m = neg.max()
+            lse = m + np.log(np.sum(np.exp(neg - m)))
+            weight = _sigmoid(lse - pos)  # d softplus(lse - pos_l) / d(lse - pos_l)
+            grad[i, p, :] = -weight / locations
+            grad[i, neg_mask, :] = (weight.sum() / locations * _softmax(neg)).reshape(
+                candidates - 1, locations)
+        else:
+            dg, df_star = _F_PAIR_DERIVATIVES[estimator]
+            grad[i, p, :] = -dg(pos) / locations
+            grad[i, neg_mask, :] = df_star(scores[i, neg_mask, :]) / neg.size
+    return grad
+
+
+def _row_losses_and_gradients(scores, positive_index, estimator):
+    """per_example_mi's per-row losses, MI estimates and d(sum of row losses)/d(scores)."""
+    scores = tf.convert_to_tensor(scores)
+    with tf.GradientTape() as tape:
+        tape.watch(scores)
+        result = per_example_mi(scores, positive_index, estimator)
+        total = tf.reduce_sum(result.loss)
+    return result.loss.numpy(), result.mi.numpy(), tape.gradient(total, scores)
+
+
+# bfloat16 keeps 8 significant bits: rounding a float32 score to it moves it by at
+# most |u| * 2^-8 (round to nearest). To first order a row's loss then moves by at
+# most sum_k |dL/du_k| |u_k| 2^-8; the factor 2 covers the second-order term.
+BFLOAT16_RELATIVE_ROUNDING = 2.0**-8
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_float32_from_bfloat16_and_finite_for_extreme_scores(estimator):
-    scores = tf.constant(np.full((4, 4, 3), 80.0), tf.bfloat16)
-    result = per_example_mi(scores, tf.range(4), estimator)
-    assert result.loss.dtype == tf.float32 and result.mi.dtype == tf.float32
-    if estimator not in ("kl", "h2", "x2"):  # exp / square overflow is inherent to those bounds
-        assert np.all(np.isfinite(result.loss.numpy()))
+def test_bfloat16_scores_are_estimated_in_float32(estimator):
+    """Mixed precision hands the estimators bfloat16-rounded values: the result must
+    be float32, equal the float64 reference of those rounded values to float32
+    accuracy (an estimator computing in bfloat16 would be ~2^-8 off), and differ
+    from the float32 scores' estimate only by what the input rounding explains."""
+    rng = np.random.default_rng(5)
+    scores32 = rng.normal(0.0, 3.0, size=(6, 5, 4)).astype(np.float32)
+    positive_index = rng.integers(0, 5, size=6).astype(np.int32)
+    scores16 = tf.cast(scores32, tf.bfloat16)
+    rounded = tf.cast(scores16, tf.float64).numpy()
+    assert np.any(rounded != scores32)  # the rounding is real
+
+    loss16, mi16, grad16 = _row_losses_and_gradients(scores16, positive_index, estimator)
+    assert loss16.dtype == np.float32 and mi16.dtype == np.float32
+    assert grad16.dtype == tf.bfloat16  # the gradient flows back in the scores' dtype
+    want_loss, want_mi = numpy_mi_loss(rounded, positive_index, estimator)
+    # float32 arithmetic over <= 20 terms of size <= ~e^10: relative error well below 1e-5.
+    np.testing.assert_allclose(loss16, want_loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mi16, want_mi, rtol=1e-5, atol=1e-5)
+
+    exact_loss, _ = numpy_mi_loss(scores32, positive_index, estimator)
+    grad = numpy_mi_gradient(scores32, positive_index, estimator)
+    bound = 2.0 * BFLOAT16_RELATIVE_ROUNDING * np.sum(np.abs(grad * scores32), axis=(1, 2))
+    assert np.all(np.abs(loss16 - exact_loss) <= bound + 1e-5), (loss16 - exact_loss, bound)
+
+
+# Scores of magnitude 90-120: exp(u) overflows float32 above u = 88.7 and
+# sigmoid(-u) underflows to 0 (so log sigmoid = -inf) below u = -103, so only
+# log-sum-exp / softplus formulations stay exact here.
+def _large_scores(separated: bool):
+    """[4, 4, 3] scores of magnitude 90-120; positives on the diagonal.
+
+    separated: positives +, negatives - (a trained critic). Otherwise signs are
+    random (a critic that is confidently wrong about some pairs)."""
+    rng = np.random.default_rng(6)
+    magnitude = rng.uniform(90.0, 120.0, size=(4, 4, 3))
+    if separated:
+        sign = -np.ones((4, 4, 3))
+        sign[np.arange(4), np.arange(4)] = 1.0
+    else:
+        sign = rng.choice([-1.0, 1.0], size=(4, 4, 3))
+    return (sign * magnitude).astype(np.float32), np.arange(4, dtype=np.int32)
+
+
+# kl and h2 average exp(u) over negatives and rkl / h2 exp(-u) over positives: with a
+# wrongly signed score above 88.7 their true value exceeds float32 (e^90 > 3.4e38), an
+# overflow inherent to those bounds. Every estimator is exact on separated scores.
+_FINITE_FOR_ANY_SIGN = ("jsd", "dv", "nce", "gan", "x2")
+_LARGE_CASES = [(e, True) for e in ESTIMATORS] + [(e, False) for e in _FINITE_FOR_ANY_SIGN]
+
+
+@pytest.mark.parametrize("estimator, separated", _LARGE_CASES,
+                         ids=[f"{e}-{'separated' if s else 'mixed'}" for e, s in _LARGE_CASES])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_large_scores_equal_float64_log_sum_exp_reference(estimator, separated, dtype):
+    """Losses and gradients at |u| ~ 100 equal the float64 log-sum-exp reference:
+    a naive log(mean(exp)), log(sigmoid) or softmax gives inf or NaN here, and
+    exp() of a large positive score inside the negatives' masked sum gives a NaN
+    gradient (inf * 0)."""
+    scores, positive_index = _large_scores(separated)
+    scores = tf.cast(scores, dtype)
+    values = tf.cast(scores, tf.float64).numpy()  # what the estimator is given
+    loss, mi, grad = _row_losses_and_gradients(scores, positive_index, estimator)
+    want_loss, want_mi = numpy_mi_loss(values, positive_index, estimator)
+    # Losses here are sums of terms up to ~120 (x2: u^2/4 ~ 3600): float32 keeps
+    # ~7 digits, so rtol 1e-5 with atol 1e-4 for values that cancel to near 0.
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(mi, want_mi, rtol=1e-5, atol=1e-4)
+    want_grad = numpy_mi_gradient(values, positive_index, estimator)
+    # The gradient comes back in the scores' dtype: bfloat16 rounds it by 2^-8.
+    rtol = 1e-5 if dtype == tf.float32 else BFLOAT16_RELATIVE_ROUNDING
+    np.testing.assert_allclose(tf.cast(grad, tf.float64), want_grad, rtol=rtol, atol=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
