@@ -21,6 +21,8 @@ A step with a NaN or Inf in any term or checked gradient applies nothing and
 stops `fit` with `NonFiniteError` naming the step and the terms. The flags are
 computed in the graph and turned into names on the host, so the guard also
 holds under XLA (`jit_compile=True`), which ignores `tf.debugging.Assert`.
+`fit` and `train_on_batch` raise; a `train_step` called directly on one device
+skips such a step without raising (the wrapper of `make_train_function` raises).
 
 Typical use::
 
