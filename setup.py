@@ -6,8 +6,15 @@ setup(
     description="Deep InfoMax (Hjelm et al., ICLR 2019) in TensorFlow 2 / Keras 3",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["dim_tf", "dim_tf.*", "pipelines", "pipelines.*"]),
-    package_data={"dim_tf": ["data/samples/README.md", "data/samples/*/*/*/*.jpg"]},
+    # The pipeline (pipelines/) is not installed: a top-level package named
+    # "pipelines" belongs to another PyPI project, and the pipeline is an application
+    # run from a checkout (python -m pipelines.run), built on dim_tf's public names.
+    packages=find_packages(include=["dim_tf", "dim_tf.*"]) + ["dim_tf.configs"],
+    # The flagfiles of configs/ ship inside the package, so an installed dim_tf runs
+    # `--flagfile=configs/NAME.flags` (or `--flagfile=NAME`) from any directory.
+    package_dir={"dim_tf.configs": "configs"},
+    package_data={"dim_tf": ["data/samples/README.md", "data/samples/*/*/*/*.jpg"],
+                  "dim_tf.configs": ["*.flags", "serving/*.config"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",

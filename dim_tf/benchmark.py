@@ -2,7 +2,7 @@ r"""How fast does DIM train here, and how close is that to the machine's matmul 
 
     python -m dim_tf.benchmark                                  # the paper's DIM(L) step
     python -m dim_tf.benchmark --mixed_precision --mi_units=512
-    python -m dim_tf.benchmark --suite                          # the README's scaling table
+    python -m dim_tf.benchmark --suite                          # docs/performance.md's scaling table
     python -m dim_tf.benchmark --profile_dir=/tmp/dim_profile   # + time by op type, a trace for TensorBoard
     python -m dim_tf.benchmark --input_only --dataset=folder:~/.cache/dim_tf/cifar10_jpeg
 
@@ -32,26 +32,54 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from dim_tf import cli
+from dim_tf.config import TrainConfig, setting
+from dim_tf.errors import ConfigError
 
 FLAGS = flags.FLAGS
+
+_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+STRATEGIES = ("one_device", "mirrored")
+# StepConfig fields that say where the step runs, not what it computes.
+_PLACEMENT = ("strategy", "devices")
+
+
+def _train_setting(name: str) -> dataclasses.Field:
+    """A field with the default and help of TrainConfig's field `name`."""
+    field = _TRAIN_FIELDS[name]
+    return dataclasses.field(default=field.default, metadata=field.metadata)
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """One training-step configuration to time."""
+    """One training-step configuration to time: the run settings that change a
+    step's cost, with TrainConfig's defaults (the paper's DIM(L) step), and the
+    devices it runs on."""
 
-    encoder: str = "basic32x32"
-    estimator: str = "jsd"
-    mi_units: int = 2048
-    batch_size: int = 64
-    alpha: float = 0.0
-    beta: float = 1.0
-    gamma: float = 0.1
-    mixed_precision: bool = False
-    force_mixed_precision: bool = False
-    strategy: str = "one_device"
-    devices: int = 2
+    encoder: str = _train_setting("encoder")
+    estimator: str = _train_setting("estimator")
+    mi_units: int = _train_setting("mi_units")
+    batch_size: int = _train_setting("batch_size")
+    alpha: float = _train_setting("alpha")
+    beta: float = _train_setting("beta")
+    gamma: float = _train_setting("gamma")
+    mixed_precision: bool = _train_setting("mixed_precision")
+    force_mixed_precision: bool = _train_setting("force_mixed_precision")
+    strategy: str = setting("one_device", help="one_device, or mirrored over --devices logical "
+                            "CPUs.", choices=STRATEGIES)
+    devices: int = setting(2, help="Logical CPU devices for --strategy=mirrored.")
+
+    def train_config(self) -> TrainConfig:
+        """The run settings of this step (without the online monitor, which DIM's
+        step does not need).
+
+        Raises:
+            ConfigError: a setting is invalid.
+        """
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in _PLACEMENT}
+        return TrainConfig(model_dir="<benchmark>", monitor=False, **values)
 
 
 def cpu_name() -> str:
@@ -149,23 +177,18 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
     """
     import tensorflow as tf
 
-    from dim_tf.config import TrainConfig
     from dim_tf.flops import function_flops
+    from dim_tf.training.dim_model import build_model
     from dim_tf.training.precision import use_precision
-    from dim_tf.training.run import build_model
 
+    train_config = config.train_config()
     policy = use_precision(config.mixed_precision, config.force_mixed_precision)
     if config.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(config.devices)])
     elif config.strategy == "one_device":
         strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     else:
-        raise ValueError(f"strategy must be one_device or mirrored; got {config.strategy!r}.")
-    train_config = TrainConfig(
-        model_dir="<benchmark>", encoder=config.encoder, estimator=config.estimator,
-        mi_units=config.mi_units, batch_size=config.batch_size, alpha=config.alpha,
-        beta=config.beta, gamma=config.gamma, mixed_precision=config.mixed_precision,
-        force_mixed_precision=config.force_mixed_precision, monitor=False)
+        raise ConfigError(f"--strategy must be one_device or mirrored; got {config.strategy!r}.")
     with strategy.scope():
         model = build_model(train_config)
     size = train_config.image_size
@@ -212,10 +235,10 @@ def benchmark_input(dataset: str, batch_size: int = 64, image_size: int = 32, ch
                     random_crop: bool = True, random_flip: bool = True, steps: int = 100,
                     warmup: int = 20, repeats: int = 3) -> dict:
     """Images/s of the training input pipeline of `dataset` alone (no model)."""
-    from dim_tf.data import pipeline
+    from dim_tf.data import loaders, streams
 
-    source = pipeline.load_source(dataset, "train")
-    stream = pipeline.training_dataset(
+    source = loaders.load_source(dataset, "train")
+    stream = streams.training_dataset(
         source, global_batch_size=batch_size, steps_per_epoch=source.num_examples // batch_size,
         start_step=0, seed=0, image_size=image_size, channels=channels, random_crop=random_crop,
         random_flip=random_flip)
@@ -263,20 +286,8 @@ def _split_cpu(devices: int) -> None:
 def _define_flags() -> None:
     """The command line's flags (defined only when run as a command, so importing
     this module as a library never clashes with another entry point's flags)."""
-    flags.DEFINE_string("encoder", "basic32x32", "Encoder architecture.")
-    flags.DEFINE_string("estimator", "jsd", "MI estimator.")
-    flags.DEFINE_integer("mi_units", 2048, "Width of the MI heads.")
-    flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-    flags.DEFINE_float("alpha", 0.0, "Global MI weight.")
-    flags.DEFINE_float("beta", 1.0, "Local MI weight.")
-    flags.DEFINE_float("gamma", 0.1, "Prior weight (0: no prior discriminator).")
-    flags.DEFINE_bool("mixed_precision", False,
-                      "Mixed precision: mixed_bfloat16 on CPU and TPU, mixed_float16 on GPU; "
-                      "float32 on a CPU without bfloat16 units (the record's `precision`).")
-    flags.DEFINE_bool("force_mixed_precision", False,
-                      "With --mixed_precision, bfloat16 even on a CPU without bfloat16 units.")
-    flags.DEFINE_string("strategy", "one_device", "one_device, or mirrored over --devices logical CPUs.")
-    flags.DEFINE_integer("devices", 2, "Logical CPU devices for --strategy=mirrored.")
+    cli.define_config_flags(StepConfig)
+    flags.adopt_module_key_flags(cli)
     flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
     flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).")
     flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
@@ -289,9 +300,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("random_flip", True, "For --input_only: random flips.")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def main() -> None:
     common = [f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}", f"--repeats={FLAGS.repeats}"]
     if FLAGS.suite:
         for config in suite_configs():
@@ -306,19 +315,19 @@ def main(argv: list[str]) -> None:
         return
     if FLAGS.input_only:
         if not FLAGS.dataset:
-            raise app.UsageError("--input_only needs --dataset (folder:PATH or tfrecord:DIR).")
+            raise ConfigError("--input_only needs --dataset (folder:PATH or tfrecord:DIR).")
         print(json.dumps(benchmark_input(os.path.expanduser(FLAGS.dataset), FLAGS.batch_size,
                                          random_crop=FLAGS.random_crop, random_flip=FLAGS.random_flip,
                                          repeats=FLAGS.repeats)), flush=True)
         return
-    if FLAGS.strategy == "mirrored":
-        _split_cpu(FLAGS.devices)
+    config = StepConfig(**cli.config_values(StepConfig))
+    if config.strategy == "mirrored":
+        _split_cpu(config.devices)
     peaks = {"float32": matmul_peak_gflops("float32"), "bfloat16": matmul_peak_gflops("bfloat16")}
-    config = StepConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(StepConfig)})
     print(json.dumps(benchmark_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, peaks,
                                     FLAGS.profile_dir)), flush=True)
 
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main, "dim_tf.benchmark")

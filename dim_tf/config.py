@@ -1,8 +1,10 @@
-"""Training configuration: one frozen dataclass, validated before any work starts.
+"""Every setting of dim-tf: the allowed names, the defaults and the help of each field.
 
 No TensorFlow here: validation must be instant and must run before a strategy,
-a dataset or a model exists. Field names match the command-line flags of
-`python -m dim_tf.train`, so errors can name the flag to fix.
+a dataset or a model exists. Field names are the command-line flags
+(`dim_tf.cli.define_config_flags` makes them from the fields' defaults and
+`help` metadata), so errors can name the flag to fix. Other modules import
+their allowed names and defaults from here rather than repeating them.
 """
 
 from __future__ import annotations
@@ -11,22 +13,53 @@ import dataclasses
 import json
 import math
 import os
+import re
+
+from dim_tf.errors import ConfigError
 
 ENCODERS = ("basic32x32", "basic64x64", "alex64x64", "resnet19_32x32", "foldbasic32x32",
             "foldresnet19_32x32", "foldalex64x64")
 ENCODER_IMAGE_SIZE = {"basic32x32": 32, "basic64x64": 64, "alex64x64": 64, "resnet19_32x32": 32,
                       "foldbasic32x32": 32, "foldresnet19_32x32": 32, "foldalex64x64": 64}
-ESTIMATORS = ("jsd", "dv", "nce", "gan", "kl", "rkl", "h2", "x2")
+# The f-divergences of Nowozin et al. 2016 that DIM can use (jsd first: the paper's).
+F_DIVERGENCES = ("jsd", "gan", "kl", "rkl", "h2", "x2")
+ESTIMATORS = ("jsd", "dv", "nce") + F_DIVERGENCES[1:]
+ESTIMATOR_ALIASES = {"infonce": "nce", "js": "jsd", "chi2": "x2", "hellinger": "h2"}
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 LOCAL_CRITICS = ("dot", "concat")
 NEGATIVES = ("replica", "global")
-FOLDER_PREFIX = "folder:"
-SAMPLE_PREFIX = "sample:"
-TFRECORD_PREFIX = "tfrecord:"
+PROBES = ("classifier", "linear", "knn")
+FEATURE_LAYERS = ("conv", "fc", "y")
+# A training run's directory (model_dir): the files every stage after training reads.
+RUN_CONFIG_FILE = "config.json"  # the run's TrainConfig
+FLAGS_FILE = "flags.txt"  # the command line's flags, usable as a --flagfile
+CHECKPOINTS_DIR = "checkpoints"
+TRAIN_LOG_DIR = os.path.join("logs", "train")  # TensorBoard scalars
+SUMMARY_FILE = "summary.json"
+EVALUATION_DIR = "evaluation"  # `python -m dim_tf.evaluate`'s default report directory
+REPORT_JSON = "report.json"
+
+# The signatures of an exported encoder (written by dim_tf.serving, read by evaluation).
+SERVING_SIGNATURE = "serving_default"
+NORMALIZED_SIGNATURE = "encode_normalized"
+# The width of the MI heads in the paper's DIM(L) runs.
+DEFAULT_MI_UNITS = 2048
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Image folders shipped inside the package, usable offline as --dataset=sample:NAME.
-SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "samples")
+SAMPLES_DIR = os.path.join(PACKAGE_DIR, "data", "samples")
 SAMPLES = ("cifar10",)
 
+
+def _shipped_configs_dir() -> str:
+    """The flagfiles of configs/: installed into the package by a wheel, beside it in
+    a checkout (or an editable install)."""
+    installed = os.path.join(PACKAGE_DIR, "configs")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(PACKAGE_DIR),
+                                                                   "configs")
+
+
+SHIPPED_CONFIGS_DIR = _shipped_configs_dir()
 
 # Settings that define the model, the optimisers or the data order: a run resumed
 # in the same model_dir must keep them. The others (epochs, logging, paths, ...) may change.
@@ -43,52 +76,174 @@ MULTI_WORKER_TIME_BUDGET = ("--time_budget_minutes is not supported with several
                             "bound the run with --epochs and --steps_per_epoch.")
 
 
-class ConfigError(ValueError):
-    """A setting is invalid; the message names the flag and what is allowed."""
+def canonical_estimator(name: str) -> str:
+    """The canonical name of an estimator (case and aliases folded).
+
+    Raises:
+        ConfigError: `name` is not a known estimator; the message lists the choices.
+    """
+    key = str(name).strip().lower()
+    key = ESTIMATOR_ALIASES.get(key, key)
+    if key not in ESTIMATORS:
+        raise ConfigError(f"--estimator={name!r} is not valid. Allowed: {', '.join(ESTIMATORS)} "
+                          f"(aliases: {', '.join(sorted(ESTIMATOR_ALIASES))}).")
+    return key
+
+
+def setting(default=dataclasses.MISSING, *, help: str, **metadata) -> dataclasses.Field:
+    """A config field with its flag's help text (and e.g. `choices`) as metadata."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+# ---------------------------------------------------------------------------- datasets
+
+CATALOGUE, FOLDER, SAMPLE, TFRECORD = "catalogue", "folder", "sample", "tfrecord"
+_PREFIXED = (FOLDER, SAMPLE, TFRECORD)
+DATASET_HELP = ("TFDS catalogue name (cifar10, cifar100, stl10, ...), folder:PATH for a "
+                "tfds.ImageFolder tree PATH/<split>/<label>/*.jpg|png, tfrecord:DIR for shards "
+                "written by the pipeline's ingest, or sample:cifar10 for the images shipped with "
+                "dim_tf.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A `--dataset` value, parsed once: its kind and what it names.
+
+    kind: "catalogue" (a TFDS name, `cifar10` or `cifar10:3.0.2`), "folder"
+        (`folder:PATH`), "sample" (`sample:NAME`, shipped with dim_tf) or
+        "tfrecord" (`tfrecord:DIR`).
+    name: the catalogue or sample name, or the path (user directory expanded).
+    """
+
+    kind: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> "DatasetSpec":
+        """Raises ConfigError for an empty value, path or unknown sample."""
+        if not text:
+            raise ConfigError(f"--dataset is required: {DATASET_HELP}")
+        prefix, colon, rest = text.partition(":")
+        if colon and prefix in _PREFIXED:
+            if not rest:
+                raise ConfigError(f"--dataset={text} needs a {'name' if prefix == SAMPLE else 'path'}"
+                                  f", e.g. {prefix}:{'cifar10' if prefix == SAMPLE else '~/images'}.")
+            if prefix == SAMPLE and rest not in SAMPLES:
+                raise ConfigError(f"--dataset={text!r} is not valid. Allowed: "
+                                  f"{', '.join(SAMPLE + ':' + n for n in SAMPLES)}.")
+            return cls(prefix, rest if prefix == SAMPLE else os.path.expanduser(rest))
+        return cls(CATALOGUE, text)
+
+    def __str__(self) -> str:
+        return self.name if self.kind == CATALOGUE else f"{self.kind}:{self.name}"
+
+    @property
+    def image_folder(self) -> str | None:
+        """The root of an image-folder dataset (`folder:` or `sample:`), else None."""
+        if self.kind == FOLDER:
+            return self.name
+        if self.kind == SAMPLE:
+            return os.path.join(SAMPLES_DIR, self.name)
+        return None
+
+    @property
+    def tfrecord_dir(self) -> str | None:
+        """The directory of a `tfrecord:` dataset, else None."""
+        return self.name if self.kind == TFRECORD else None
+
+    @property
+    def catalogue_name(self) -> str | None:
+        """The TFDS name of a catalogue dataset without its version (`cifar10`), else None."""
+        return self.name.split(":")[0].split("/")[0].lower() if self.kind == CATALOGUE else None
+
+    @property
+    def copy_of(self) -> str | None:
+        """The catalogue dataset this one is (a copy of), as far as its name says: the
+        catalogue name, the sample's name, or for a folder or TFRecord directory a
+        path component naming one (`/data/cifar10_jpeg` is CIFAR-10, `cifar100` is not).
+        Chooses the paper's table in evaluation reports."""
+        if self.kind == CATALOGUE:
+            return self.catalogue_name
+        if self.kind == SAMPLE:
+            return self.name
+        for part in reversed(re.split(r"[\\/]", self.name.lower())):
+            match = re.match(r"(cifar-?100|cifar-?10|stl-?10|tiny_?imagenet|celeb_?a)(?![0-9])", part)
+            if match:
+                return match.group(1).replace("-", "").replace("_", "")
+        return None
+
+
+def dataset_spec(text: str) -> DatasetSpec:
+    """`DatasetSpec.parse(text)`."""
+    return DatasetSpec.parse(text)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (see `python -m dim_tf.train --help`)."""
 
-    model_dir: str
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    download: bool = False
-    train_split: str = "train"
-    channels: int = 3
-    encoder: str = "basic32x32"
-    y_units: int = 64
-    estimator: str = "jsd"
-    alpha: float = 0.0
-    beta: float = 1.0
-    gamma: float = 0.1
-    mi_units: int = 2048
-    local_critic: str = "dot"
-    negatives: str = "global"
-    gradient_penalty_weight: float = 1.0
-    batch_size: int = 64
-    epochs: int = 1000
-    steps_per_epoch: int | None = None
-    time_budget_minutes: float | None = None
-    learning_rate: float = 1e-4
-    seed: int = 0
-    strategy: str = "auto"
-    mixed_precision: bool = False
-    force_mixed_precision: bool = False
-    random_crop: bool = False
-    random_flip: bool = False
-    skip_corrupt: bool = False
-    monitor: bool = True
-    shuffle_buffer: int = 10_000
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    export_dir: str | None = None
-    verbose: int = 1
+    model_dir: str = setting(help="Directory for checkpoints, logs and the run's settings.")
+    dataset: str = setting("cifar10", help=DATASET_HELP)
+    data_dir: str | None = setting(None, help="TFDS data directory (default: TFDS's own).")
+    manual_dir: str | None = setting(None, help="Folder holding a catalogue dataset's original "
+                                     "archives, to prepare it without network.")
+    download: bool = setting(False, help="Let TFDS download a catalogue dataset that is not "
+                             "prepared (needs network).")
+    train_split: str = setting("train", help="Split to train on (TFDS syntax, e.g. "
+                               "train+unlabelled).")
+    channels: int = setting(3, help="Input channels of the encoder: 1 or 3; images are converted.",
+                            choices=(1, 3))
+    encoder: str = setting("basic32x32", help="Encoder architecture.", choices=ENCODERS)
+    y_units: int = setting(64, help="Width of the global code Y.")
+    estimator: str = setting("jsd", help="MI estimator (aliases: "
+                             f"{', '.join(f'{a}={c}' for a, c in ESTIMATOR_ALIASES.items())}).",
+                             choices=ESTIMATORS)
+    alpha: float = setting(0.0, help="Weight of the global MI objective.")
+    beta: float = setting(1.0, help="Weight of the local MI objective.")
+    gamma: float = setting(0.1, help="Weight of the prior-matching objective.")
+    mi_units: int = setting(DEFAULT_MI_UNITS, help="Width of the encode-and-dot MI heads.")
+    local_critic: str = setting("dot", help="dot (encode-and-dot) or concat "
+                                "(concat-and-convolve).", choices=LOCAL_CRITICS)
+    negatives: str = setting("global", choices=NEGATIVES, help=(
+        "global: every other image of the global batch is a negative (the paper); replica: only "
+        "the replica's own batch (R replicas: batch/R - 1 negatives per image, a different "
+        "estimator; less communication at scale)."))
+    gradient_penalty_weight: float = setting(1.0, help=(
+        "Weight of the prior discriminator's zero-centred gradient penalty (batch mean). The "
+        "reference code's effective weight is 1/batch_size (docs/training.md)."))
+    batch_size: int = setting(64, help="Global batch size.")
+    epochs: int = setting(1000, help="Training epochs.")
+    steps_per_epoch: int | None = setting(None, help="Cap on the steps of one epoch.")
+    time_budget_minutes: float | None = setting(None, help=(
+        "Stop once the run has trained this many minutes of wall time in all (summed over "
+        "resumes), saving the step reached; rerun with a larger budget to go on. 0: no budget."))
+    learning_rate: float = setting(1e-4, help="Adam learning rate (both players).")
+    seed: int = setting(0, help="Seed of initialisation, data order and prior samples.")
+    strategy: str = setting("auto", help="tf.distribute strategy.", choices=STRATEGIES)
+    mixed_precision: bool = setting(False, help=(
+        "Mixed precision: mixed_bfloat16 on CPU and TPU, mixed_float16 with dynamic loss scaling "
+        "on GPU (scores, estimators and losses stay float32). On a CPU without bfloat16 units "
+        "(no AVX512_BF16, AMX or Arm BF16) it falls back to float32, which is faster there."))
+    force_mixed_precision: bool = setting(False, help=(
+        "With --mixed_precision, compute in bfloat16 even on a CPU without bfloat16 units."))
+    random_crop: bool = setting(False, help="Random crops to the encoder's size.")
+    random_flip: bool = setting(False, help="Random horizontal flips.")
+    skip_corrupt: bool = setting(False, help="Skip image files that do not decode (they are "
+                                 "listed in the log).")
+    monitor: bool = setting(True, help=(
+        "Train the paper's classifier on frozen conv/fc/y features alongside DIM and log its "
+        "accuracy (labelled datasets only; labels never reach the encoder)."))
+    shuffle_buffer: int = setting(10_000, help="Shuffle buffer (images).")
+    checkpoint_every: int = setting(500, help="Save a checkpoint every this many steps (and at "
+                                    "every epoch end).")
+    keep_checkpoints: int = setting(3, help="Checkpoints kept.")
+    log_every: int = setting(50, help="Write TensorBoard scalars every this many steps.")
+    verbose: int = setting(1, help="Console output: 0 silent, 1 progress bar, 2 one line per "
+                           "epoch.")
 
     def __post_init__(self):
+        # Aliases and case are folded here, so a saved run and its resume agree.
+        object.__setattr__(self, "estimator", canonical_estimator(self.estimator))
         self.validate()
 
     @property
@@ -97,14 +252,18 @@ class TrainConfig:
         return ENCODER_IMAGE_SIZE[self.encoder]
 
     @property
+    def data(self) -> DatasetSpec:
+        """The parsed `dataset`."""
+        return DatasetSpec.parse(self.dataset)
+
+    @property
     def folder(self) -> str | None:
         """The image-folder root of a `folder:PATH` or `sample:NAME` dataset, else None."""
-        return image_folder_root(self.dataset)
+        return self.data.image_folder
 
     def validate(self) -> None:
         """Raises ConfigError naming the first invalid flag."""
         _choice("encoder", self.encoder, ENCODERS)
-        _choice("estimator", self.estimator.lower(), ESTIMATORS + ("infonce",))
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("local_critic", self.local_critic, LOCAL_CRITICS)
         _choice("negatives", self.negatives, NEGATIVES)
@@ -136,10 +295,7 @@ class TrainConfig:
             raise ConfigError(MULTI_WORKER_TIME_BUDGET)
         if not self.model_dir:
             raise ConfigError("--model_dir is required: the directory for checkpoints and logs.")
-        if not self.dataset:
-            raise ConfigError("--dataset is required: a TFDS name (cifar10) or folder:PATH.")
-        if self.dataset.startswith(SAMPLE_PREFIX):
-            _choice("dataset", self.dataset, tuple(SAMPLE_PREFIX + n for n in SAMPLES))
+        DatasetSpec.parse(self.dataset)
 
     def check_paths(self) -> None:
         """Raises ConfigError if the image folder, its split or --manual_dir is missing.
@@ -149,8 +305,6 @@ class TrainConfig:
         """
         folder = self.folder
         if folder is not None:
-            if not folder:
-                raise ConfigError("--dataset=folder: needs a path, e.g. folder:~/images.")
             if not os.path.isdir(folder):
                 raise ConfigError(
                     f"--dataset={self.dataset}: folder {folder!r} does not exist. Expected an "
@@ -163,10 +317,10 @@ class TrainConfig:
                     f"--train_split={self.train_split}: no folder {split_dir!r}. Splits found in "
                     f"{folder!r}: {', '.join(found) or 'none'}."
                 )
-        records = tfrecord_root(self.dataset)
+        records = self.data.tfrecord_dir
         if records is not None and not os.path.exists(os.path.join(records, "schema.json")):
             raise ConfigError(f"--dataset={self.dataset}: no {records}/schema.json; expected TFRecord "
-                              "shards written by `python -m pipelines.ingest`.")
+                              "shards written by `python -m pipelines.run --only=ingest`.")
         if self.manual_dir is not None and not os.path.isdir(os.path.expanduser(self.manual_dir)):
             raise ConfigError(f"--manual_dir={self.manual_dir}: directory does not exist.")
 
@@ -186,10 +340,6 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-PROBES = ("classifier", "linear", "knn")
-FEATURE_LAYERS = ("conv", "fc", "y")
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Everything that defines an evaluation (see `python -m dim_tf.evaluate --help`).
@@ -198,28 +348,34 @@ class EvalConfig:
     `saved_model` (an exported version directory) names the encoder.
     """
 
-    model_dir: str | None = None
-    saved_model: str | None = None
-    report_dir: str | None = None
-    dataset: str | None = None
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    download: bool = False
-    train_split: str = "train"
-    test_split: str = "test"
-    layers: tuple[str, ...] = FEATURE_LAYERS
-    probes: tuple[str, ...] = PROBES
-    probe_epochs: int = 20
-    probe_batch_size: int = 64
-    knn_k: int = 200
-    knn_temperature: float = 0.07
-    diagnostics: bool = True
-    diagnostic_steps: int = 1000
-    max_train_examples: int | None = None
-    max_test_examples: int | None = None
-    batch_size: int = 256
-    random_init: bool = False
-    seed: int = 0
+    model_dir: str | None = setting(None, help="Training run to evaluate (its newest checkpoint).")
+    saved_model: str | None = setting(None, help="Exported SavedModel version directory to "
+                                      "evaluate.")
+    report_dir: str | None = setting(None, help="Where the report goes (default: "
+                                     "MODEL_DIR/evaluation).")
+    dataset: str | None = setting(None, help="Dataset (default: the run's): " + DATASET_HELP)
+    data_dir: str | None = setting(None, help="TFDS data directory.")
+    manual_dir: str | None = setting(None, help="Folder with a catalogue dataset's original "
+                                     "archives.")
+    download: bool = setting(False, help="Let TFDS download the dataset (needs network).")
+    train_split: str = setting("train", help="Labelled split the probes train on.")
+    test_split: str = setting("test", help="Split the probes are tested on.")
+    layers: tuple[str, ...] = setting(FEATURE_LAYERS, help="Layers to probe.",
+                                      choices=FEATURE_LAYERS)
+    probes: tuple[str, ...] = setting(PROBES, help="Probes (classifier: the paper's).",
+                                      choices=PROBES)
+    probe_epochs: int = setting(20, help="Training epochs of each probe.")
+    probe_batch_size: int = setting(64, help="Probe batch size.")
+    knn_k: int = setting(200, help="Neighbours of the k-NN probe.")
+    knn_temperature: float = setting(0.07, help="k-NN vote temperature.")
+    diagnostics: bool = setting(True, help="Measure NDM, MINE and the decoder's MS-SSIM.")
+    diagnostic_steps: int = setting(1000, help="Training steps of each diagnostic network.")
+    max_train_examples: int | None = setting(None, help="Use only the first N training images.")
+    max_test_examples: int | None = setting(None, help="Use only the first N test images.")
+    batch_size: int = setting(256, help="Encoding batch size.")
+    random_init: bool = setting(False, help="Evaluate a randomly initialised encoder of the "
+                                "run's architecture (the baseline).")
+    seed: int = setting(0, help="Seed of probes and diagnostics.")
 
     def __post_init__(self):
         if (self.model_dir is None) == (self.saved_model is None):
@@ -232,6 +388,8 @@ class EvalConfig:
                               "with --model_dir).")
         if self.report_dir is None and self.model_dir is None:
             raise ConfigError("--report_dir is required with --saved_model.")
+        if self.dataset:
+            DatasetSpec.parse(self.dataset)
         for layer in self.layers:
             _choice("layers", layer, FEATURE_LAYERS)
         for probe in self.probes:
@@ -243,7 +401,8 @@ class EvalConfig:
                 _at_least(name, getattr(self, name), 2)
         if not (math.isfinite(self.knn_temperature) and self.knn_temperature > 0):
             raise ConfigError(f"--knn_temperature must be > 0; got {self.knn_temperature!r}.")
-        if self.model_dir is not None and not os.path.exists(os.path.join(self.model_dir, "config.json")):
+        if self.model_dir is not None and not os.path.exists(os.path.join(self.model_dir,
+                                                                            RUN_CONFIG_FILE)):
             raise ConfigError(f"--model_dir={self.model_dir}: no config.json; expected a directory "
                               "written by `python -m dim_tf.train`.")
         if self.saved_model is not None and not os.path.exists(
@@ -252,27 +411,30 @@ class EvalConfig:
                               "directory such as saved_models/NAME/1.")
 
     def resolved_report_dir(self) -> str:
-        suffix = "evaluation_random_init" if self.random_init else "evaluation"
+        suffix = EVALUATION_DIR + ("_random_init" if self.random_init else "")
         return self.report_dir or os.path.join(self.model_dir, suffix)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def image_folder_root(dataset: str) -> str | None:
-    """Root directory of an image-folder dataset (`folder:PATH`, `sample:NAME`), else None."""
-    if dataset.startswith(FOLDER_PREFIX):
-        return os.path.expanduser(dataset[len(FOLDER_PREFIX):])
-    if dataset.startswith(SAMPLE_PREFIX):
-        return os.path.join(SAMPLES_DIR, dataset[len(SAMPLE_PREFIX):])
-    return None
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """An export of a training run's encoder (see `python -m dim_tf.export --help`)."""
 
+    model_dir: str | None = setting(None, help="Training run directory (written by "
+                                    "dim_tf.train); its newest checkpoint is exported.")
+    export_dir: str | None = setting(None, help="Model base path (TF Serving's "
+                                     "--model_base_path); the version is written inside it.")
+    version: int | None = setting(None, help="Version number (default: the next free integer).")
+    overwrite: bool = setting(False, help="Replace the version if it exists.")
 
-def tfrecord_root(dataset: str) -> str | None:
-    """Directory of a `tfrecord:DIR` dataset (written by the pipeline's ingest), else None."""
-    if dataset.startswith(TFRECORD_PREFIX):
-        return os.path.expanduser(dataset[len(TFRECORD_PREFIX):])
-    return None
+    def __post_init__(self):
+        for name in ("model_dir", "export_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name} is required.")
+        if self.version is not None:
+            _at_least("version", self.version, 1)
 
 
 def _choice(flag, value, allowed):

@@ -6,37 +6,31 @@ writes saved_models/quick/<next version>/ (or --version=N; an existing version
 is replaced only with --overwrite). Serve it with
     tensorflow_model_server --rest_api_port=8501 --model_name=quick \
         --model_base_path=$PWD/saved_models/quick
+
+Exit status: 0 exported; 2 bad flags, no such run, or the version exists;
+1 another export into --export_dir did not finish in time.
 """
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags
+from dim_tf import cli
+from dim_tf.config import ExportConfig
 
-flags.DEFINE_string("model_dir", None, "Training run directory (written by dim_tf.train).")
-flags.DEFINE_string("export_dir", None, "Model base path; the version is written inside it.")
-flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
-flags.DEFINE_bool("overwrite", False, "Replace the version if it exists.")
-FLAGS = flags.FLAGS
+PROGRAM = "dim_tf.export"
+
+cli.define_config_flags(ExportConfig)
+flags.adopt_module_key_flags(cli)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"dim_tf.export: error: unexpected arguments {argv[1:]}")
-    for name in ("model_dir", "export_dir"):
-        if not getattr(FLAGS, name):
-            sys.exit(f"dim_tf.export: error: --{name} is required.")
-    if FLAGS.version is not None and FLAGS.version < 1:
-        sys.exit(f"dim_tf.export: error: --version must be >= 1; got {FLAGS.version}.")
+def main() -> None:
+    config = ExportConfig(**cli.config_values(ExportConfig))
+    # Imported once the flags are valid: a bad flag is refused before TensorFlow loads.
     from dim_tf.serving.export import export_run
 
-    try:
-        path = export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.version, FLAGS.overwrite)
-    except (FileNotFoundError, FileExistsError, TimeoutError, ValueError) as error:
-        sys.exit(f"dim_tf.export: error: {error}")
-    print(f"dim_tf.export: wrote {path}")
+    print(f"{PROGRAM}: wrote {export_run(config)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, PROGRAM)

@@ -6,21 +6,21 @@ and, with `--baseline`, `baseline_evaluation`: the same for a randomly
 initialised encoder of the same architecture, the yardstick of the push
 stage's `--min_gain_over_random`. Run alone:
 
-    python -m pipelines.evaluate --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
+    python -m pipelines.run --only=evaluate --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
 """
 
 from __future__ import annotations
 
 import os
 
-from dim_tf import EvalConfig, evaluate
+from dim_tf import EvalConfig, EvaluationResult, evaluate
 from pipelines.stage import Stage, StageContext
 from pipelines.store import NewArtifact
 
 
-def _summary(results: dict) -> dict:
+def _summary(results: EvaluationResult) -> dict:
     """Top-1 accuracies as {"probe/layer": percent}, for the store and the blessing."""
-    probes = results["probes"]
+    probes = results.probes
     if "skipped" in probes:
         return {}
     return {f"{kind}/{layer}": accuracy["top1"]
@@ -31,8 +31,7 @@ def execute(context: StageContext) -> list[NewArtifact]:
     p = dict(context.parameters)
     with_baseline = p.pop("baseline")
     settings = dict(model_dir=context.inputs["model"].uri,
-                    dataset=f"tfrecord:{context.inputs['examples'].uri}",
-                    **{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()})
+                    dataset=f"tfrecord:{context.inputs['examples'].uri}", **p)
     outputs = []
     for name, random_init in (("evaluation", False), ("baseline_evaluation", True)):
         if random_init and not with_baseline:
@@ -41,17 +40,11 @@ def execute(context: StageContext) -> list[NewArtifact]:
         results = evaluate(EvalConfig(report_dir=report_dir, random_init=random_init, **settings),
                            progress=False)
         outputs.append(NewArtifact(name, "ModelEvaluation", report_dir, {
-            "accuracy": _summary(results), "diagnostics": results["diagnostics"],
-            "probes_skipped": results["probes"].get("skipped")}))
+            "accuracy": _summary(results), "diagnostics": results.diagnostics,
+            "probes_skipped": results.probes.get("skipped")}))
     return outputs
 
 
 STAGE = Stage(name="evaluate",
               inputs={"model": ("train", "model"), "examples": ("ingest", "examples")},
               execute=execute, resumable=True)
-
-
-if __name__ == "__main__":
-    from pipelines.run import stage_main
-
-    stage_main("evaluate")

@@ -1,10 +1,10 @@
-"""Command-line flags of the pipeline and of each stage run alone.
+"""Command-line flags of the pipeline, whole or one stage of it.
 
-One set of flags for every entry point (`python -m pipelines.run` and
-`python -m pipelines.<stage>`), so one flagfile drives the whole pipeline or
-any stage of it. Training flags are those of `python -m dim_tf.train` (one per
-`TrainConfig` field, same names), evaluation flags those of
-`python -m dim_tf.evaluate` prefixed with `eval_`.
+One set of flags for `python -m pipelines.run` (and `--only=STAGE`), so one
+flagfile drives the whole pipeline or any stage of it. Training flags are
+those of `python -m dim_tf.train` (one per `TrainConfig` field, same names
+and help), evaluation flags those of `python -m dim_tf.evaluate` prefixed
+with `eval_`.
 """
 
 from __future__ import annotations
@@ -14,25 +14,31 @@ import os
 
 from absl import flags
 
-from dim_tf import EvalConfig, TrainConfig
+from dim_tf import ConfigError, EvalConfig, TrainConfig, config_values, define_config_flags
 
 STAGE_NAMES = ("ingest", "train", "evaluate", "push")
 
-# TrainConfig fields the pipeline sets itself (paths of artifacts) or that belong
-# to the ingest stage.
-_TRAIN_FIELDS_SET_BY_PIPELINE = ("model_dir", "export_dir", "dataset", "data_dir", "manual_dir",
-                                 "download", "skip_corrupt")
+# TrainConfig fields that are the ingest stage's parameters.
 INGEST_FIELDS = ("dataset", "data_dir", "manual_dir", "download", "skip_corrupt")
+# TrainConfig fields the train stage does not take: the pipeline sets the run
+# directory and the dataset (the ingested examples) itself.
+_TRAIN_FIELDS_SET_BY_PIPELINE = ("model_dir", *INGEST_FIELDS)
+# EvalConfig fields the evaluate stage takes, each from its flag --eval_NAME.
 EVAL_FIELDS = ("layers", "probes", "probe_epochs", "probe_batch_size", "knn_k", "knn_temperature",
                "diagnostics", "diagnostic_steps", "max_train_examples", "max_test_examples",
                "batch_size", "seed")
-# Parameters that change how a stage runs but not what it produces.
-TRAIN_OPERATIONAL = ("strategy", "verbose", "log_every", "checkpoint_every", "keep_checkpoints")
+# EvalConfig fields the pipeline sets itself (model, report directory, dataset)
+# or takes from shared flags (--train_split, --test_split).
+_EVAL_FIELDS_NOT_FLAGS = tuple(f.name for f in dataclasses.fields(EvalConfig)
+                               if f.name not in EVAL_FIELDS)
+_EVAL_PREFIX = "eval_"
 
 flags.DEFINE_string("pipeline_root", None, "Directory of the pipeline's artifacts and its "
                     "metadata store (metadata.sqlite).")
 flags.DEFINE_string("pipeline_name", "dim", "Name of the pipeline: pushed models go to "
                     "saved_models/NAME unless --push_destination says otherwise.")
+flags.DEFINE_enum("only", None, STAGE_NAMES, "Run just this stage; the stages before it must "
+                  "have run with the same flags (their results are taken from the cache).")
 flags.DEFINE_list("force", [], "Stages to run again even when their cached result is valid "
                   f"({', '.join(STAGE_NAMES)}, or all).")
 flags.DEFINE_string("test_split", "test", "Labelled split the evaluation tests probes on "
@@ -49,49 +55,33 @@ flags.DEFINE_float("min_gain_over_random", None, "Blessing: the metric must beat
                    "initialised encoder by at least this many points (needs --baseline).")
 
 
-def _define(name: str, field: dataclasses.Field, owner: str) -> None:
-    kind = str(field.type).replace(" ", "")
-    default = field.default if field.default is not dataclasses.MISSING else None
-    if isinstance(default, tuple):
-        default = list(default)
-    text = f"{owner}.{field.name} (see `python -m dim_tf.{owner_cli(owner)} --help`)."
-    if kind.startswith("bool"):
-        flags.DEFINE_bool(name, default, text)
-    elif kind.startswith("int"):
-        flags.DEFINE_integer(name, default, text)
-    elif kind.startswith("float"):
-        flags.DEFINE_float(name, default, text)
-    elif kind.startswith("tuple"):
-        flags.DEFINE_list(name, default, text)
-    else:
-        flags.DEFINE_string(name, default, text)
+def _define_config_flags() -> None:
+    """The training and evaluation flags, made from the configs; declared key flags of
+    this module so that `flags.adopt_module_key_flags(pipelines.flags)` lists them in
+    the entry point's --help (absl files them under dim_tf.cli, which defines them)."""
+    before = set(flags.FLAGS)
+    define_config_flags(TrainConfig, exclude=("model_dir",))
+    define_config_flags(EvalConfig, prefix=_EVAL_PREFIX, exclude=_EVAL_FIELDS_NOT_FLAGS)
+    for name in sorted(set(flags.FLAGS) - before):
+        flags.declare_key_flag(name)
 
 
-def owner_cli(owner: str) -> str:
-    return "train" if owner == "TrainConfig" else "evaluate"
-
-
-for _field in dataclasses.fields(TrainConfig):
-    if _field.name not in ("model_dir", "export_dir"):
-        _define(_field.name, _field, "TrainConfig")
-for _field in dataclasses.fields(EvalConfig):
-    if _field.name in EVAL_FIELDS:
-        _define(f"eval_{_field.name}", _field, "EvalConfig")
+_define_config_flags()
 
 FLAGS = flags.FLAGS
 
 
 def stage_parameters(values: flags.FlagValues = FLAGS) -> dict[str, dict]:
     """{stage: parameters} from parsed flags."""
-    train_fields = [f.name for f in dataclasses.fields(TrainConfig)
-                    if f.name not in _TRAIN_FIELDS_SET_BY_PIPELINE]
     destination = values.push_destination or os.path.join("saved_models", values.pipeline_name)
     return {
         "ingest": {**{name: values[name].value for name in INGEST_FIELDS},
                    "splits": [values.train_split, values.test_split],
                    "channels": values.channels, "examples_per_shard": values.examples_per_shard},
-        "train": {name: values[name].value for name in train_fields},
-        "evaluate": {**{name: values[f"eval_{name}"].value for name in EVAL_FIELDS},
+        "train": config_values(TrainConfig, exclude=_TRAIN_FIELDS_SET_BY_PIPELINE,
+                               flag_values=values),
+        "evaluate": {**config_values(EvalConfig, prefix=_EVAL_PREFIX,
+                                     exclude=_EVAL_FIELDS_NOT_FLAGS, flag_values=values),
                      "train_split": values.train_split, "test_split": values.test_split,
                      "baseline": values.baseline},
         "push": {"destination": os.path.abspath(destination),
@@ -105,25 +95,30 @@ def validate_parameters(parameters: dict[str, dict]) -> None:
     blessing flag does not surface only after ingest.
 
     Raises:
-        ConfigError: a training setting is invalid.
-        flags.ValidationError: the blessing metric is not among the evaluated ones.
+        ConfigError: a training setting is invalid, or the blessing metric is not
+            among the evaluated ones.
     """
     TrainConfig(model_dir="<pipeline>", dataset="tfrecord:<ingested>", **parameters["train"])
     evaluated = parameters["evaluate"]
     probe, _, layer = parameters["push"]["blessing_metric"].partition("/")
     if probe not in evaluated["probes"] or layer not in evaluated["layers"]:
-        raise flags.ValidationError(
+        raise ConfigError(
             f"--blessing_metric={parameters['push']['blessing_metric']}: not evaluated; it must be "
             f"PROBE/LAYER with PROBE in --eval_probes ({', '.join(evaluated['probes'])}) and LAYER "
             f"in --eval_layers ({', '.join(evaluated['layers'])}).")
 
 
 def forced_stages(values: flags.FlagValues = FLAGS) -> set[str]:
+    """The stages --force names (all of them for `all`).
+
+    Raises:
+        ConfigError: --force names something that is not a stage.
+    """
     forced = set(values.force)
     if "all" in forced:
         return set(STAGE_NAMES)
     unknown = forced - set(STAGE_NAMES)
     if unknown:
-        raise flags.ValidationError(f"--force={','.join(sorted(unknown))}: not a stage; stages: "
-                                    f"{', '.join(STAGE_NAMES)}, all.")
+        raise ConfigError(f"--force={','.join(sorted(unknown))}: not a stage; stages: "
+                          f"{', '.join(STAGE_NAMES)}, all.")
     return forced

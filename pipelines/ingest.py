@@ -5,7 +5,7 @@ Output `examples` (type Examples): a directory readable as
 statistics.json (images per split and label, image sizes and channels, corrupt
 files found). Run alone:
 
-    python -m pipelines.ingest --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
+    python -m pipelines.run --only=ingest --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
 """
 
 from __future__ import annotations
@@ -31,9 +31,3 @@ def execute(context: StageContext) -> list[NewArtifact]:
 
 
 STAGE = Stage(name="ingest", inputs={}, execute=execute)
-
-
-if __name__ == "__main__":
-    from pipelines.run import stage_main
-
-    stage_main("ingest")

@@ -4,8 +4,10 @@ r"""Compile the pipeline's stages into a Kubeflow Pipelines spec (container step
     python -m pipelines.kubeflow --image=REGISTRY/dim-tf:TAG --pvc=dim-data \
         --flagfile_in_image=configs/pipeline_cifar10.flags --output=dim_pipeline.yaml
 
-Each stage becomes one container step running `python -m pipelines.<stage>`
-with the same flagfile and pipeline root, in stage order. The steps share the
+Each stage becomes one container step running `python -m pipelines.run
+--only=STAGE` with the same flagfile and pipeline root, in stage order. The
+image must hold the repository checkout as its working directory (the
+`pipelines` package is not installed with dim-tf). The steps share the
 pipeline root (artifacts and the SQLite metadata store) through a persistent
 volume claim mounted at --mount_path: use a ReadWriteOnce volume (or one
 whose file locking SQLite trusts; SQLite's WAL journal is not safe on NFS).
@@ -15,11 +17,11 @@ Training can ask for accelerators (--train_accelerator, e.g. nvidia.com/gpu)
 and uses the flagfile's --strategy.
 """
 
-
 import os
 
-from absl import app, flags
+from absl import flags
 
+from dim_tf import DimError, run_cli
 from pipelines.flags import STAGE_NAMES
 
 FLAGS = flags.FLAGS
@@ -46,13 +48,14 @@ def compile_pipeline(
     from kfp import compiler, dsl
 
     def step(stage: str):
+        command = ["python", "-m", "pipelines.run", f"--only={stage}"]
+
         def run_stage(flagfile: str, pipeline_root: str):
-            return dsl.ContainerSpec(
-                image=image, command=["python", "-m", f"pipelines.{stage}"],
-                args=["--flagfile", flagfile, "--pipeline_root", pipeline_root])
+            return dsl.ContainerSpec(image=image, command=command,
+                                     args=["--flagfile", flagfile, "--pipeline_root", pipeline_root])
 
         run_stage.__name__ = f"dim_{stage}"
-        run_stage.__doc__ = f"dim-tf pipeline stage `{stage}` (python -m pipelines.{stage})."
+        run_stage.__doc__ = f"dim-tf pipeline stage `{stage}` ({' '.join(command[1:])})."
         return dsl.container_component(run_stage)
 
     components = {stage: step(stage) for stage in STAGE_NAMES}
@@ -85,8 +88,9 @@ def compile_pipeline(
 def _define_flags() -> None:
     """The command's flags, defined only when it runs, so importing this module
     never clashes with another entry point's flags."""
-    flags.DEFINE_string("image", None, "Container image with dim-tf installed and the repository's "
-                        "configs/ (e.g. built FROM tensorflow/tensorflow:2.21.0 with `pip install .`).")
+    flags.DEFINE_string("image", None, "Container image with dim-tf installed and the repository "
+                        "checkout (pipelines/, configs/) as its working directory (e.g. built "
+                        "FROM tensorflow/tensorflow:2.21.0, the checkout copied in, `pip install .`).")
     flags.DEFINE_string("output", "dim_pipeline.yaml", "Where the compiled spec is written.")
     flags.DEFINE_string("flagfile_in_image", "configs/pipeline_cifar10.flags",
                         "The pipeline flagfile, as a path inside the image (or the volume).")
@@ -95,21 +99,20 @@ def _define_flags() -> None:
     flags.DEFINE_string("train_accelerator", None, "Accelerator of the training step, e.g. nvidia.com/gpu.")
     flags.DEFINE_integer("train_accelerator_count", 1, "How many of --train_accelerator.")
     flags.DEFINE_string("train_memory", "16G", "Memory limit of the training step.")
+    flags.mark_flag_as_required("image")
 
 
-def main(argv: list[str]) -> None:
-    if not FLAGS.image:
-        raise app.UsageError("--image is required: the container image the steps run in.")
+def main() -> None:
     try:
         path = compile_pipeline(FLAGS.output, FLAGS.image, FLAGS.flagfile_in_image, FLAGS.mount_path,
                                 FLAGS.pvc, FLAGS.train_accelerator, FLAGS.train_accelerator_count,
                                 FLAGS.train_memory)
     except ImportError as error:
-        raise app.UsageError(f"{error}. Compiling for Kubeflow needs the optional extra: "
-                             "pip install -e \".[kubeflow]\"") from error
+        raise DimError(f"{error}. Compiling for Kubeflow needs the optional extra: "
+                       "pip install -e \".[kubeflow]\"") from error
     print(f"Kubeflow pipeline spec written to {path}")
 
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main, "pipelines.kubeflow")

@@ -14,8 +14,9 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
+from dim_tf import ConfigError, run_cli
 from pipelines.store import METADATA_FILE, MetadataStore
 
 FLAGS = flags.FLAGS
@@ -70,10 +71,11 @@ def _define_flags() -> None:
     flags.mark_flag_as_required("pipeline_root")
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
     path = os.path.join(FLAGS.pipeline_root, METADATA_FILE)
     if not os.path.exists(path):
-        raise app.UsageError(f"No metadata store at {path}: run the pipeline first.")
+        raise ConfigError(f"--pipeline_root={FLAGS.pipeline_root}: no metadata store at {path}; "
+                          "run the pipeline first.")
     with MetadataStore(path) as store:
         if FLAGS.check:
             verdict = store.integrity_check()
@@ -89,4 +91,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_cli(main, "pipelines.lineage")

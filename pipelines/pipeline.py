@@ -79,8 +79,9 @@ def run_pipeline(
                     if cached is None:
                         raise StageNotRun(
                             f"Stage {only} needs the result of stage {stage.name} for these flags, "
-                            f"and {pipeline_root} has none: run `python -m pipelines.{stage.name}` "
-                            "(or `python -m pipelines.run`) with the same flags first.")
+                            f"and {pipeline_root} has none: run `python -m pipelines.run "
+                            f"--only={stage.name}` (or `python -m pipelines.run`) with the same "
+                            "flags first.")
                     results[stage.name] = cached
                     continue
                 results[stage.name] = run_stage(store, pipeline_root, stage, parameters[stage.name],

@@ -10,7 +10,7 @@ evaluation report and blessing in assets.extra: output `pushed_model` (type
 PushedModel). An unblessed one pushes nothing. A push killed after its export
 reuses that version when it runs again. Run alone:
 
-    python -m pipelines.push --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
+    python -m pipelines.run --only=push --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 
-from dim_tf import export_run
+from dim_tf import ExportConfig, atomic_write_json, export_run
 from pipelines.stage import Stage, StageContext
 from pipelines.store import Artifact, NewArtifact
 
@@ -54,13 +54,6 @@ def bless(parameters: dict, evaluation: Artifact, baseline: Artifact | None) -> 
     return verdict
 
 
-def _write_json(path: str, value) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(temporary, path)
-
-
 def _push(context: StageContext, verdict: dict) -> str:
     """Exports the blessed model once: a rerun after a kill between the export and the
     store's record finds the version in pushed.json instead of exporting another."""
@@ -77,9 +70,10 @@ def _push(context: StageContext, verdict: dict) -> str:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 assets[f"evaluation_{name}"] = f.read()
-    version_dir = export_run(context.inputs["model"].uri, context.parameters["destination"],
+    version_dir = export_run(ExportConfig(model_dir=context.inputs["model"].uri,
+                                          export_dir=context.parameters["destination"]),
                              extra_assets=assets)
-    _write_json(record, {"version_dir": version_dir})
+    atomic_write_json(record, {"version_dir": version_dir})
     return version_dir
 
 
@@ -93,7 +87,7 @@ def execute(context: StageContext) -> list[NewArtifact]:
                                   {"version": int(os.path.basename(version_dir))}))
     verdict["pushed_to"] = pushed[0].uri if pushed else None
     blessing_path = os.path.join(context.output_dir, "blessing.json")
-    _write_json(blessing_path, verdict)
+    atomic_write_json(blessing_path, verdict)
     return [NewArtifact("blessing", "ModelBlessing", blessing_path, verdict), *pushed]
 
 
@@ -101,9 +95,3 @@ STAGE = Stage(name="push",
               inputs={"model": ("train", "model"), "evaluation": ("evaluate", "evaluation"),
                       "baseline_evaluation": ("evaluate", "baseline_evaluation")},
               optional_inputs=("baseline_evaluation",), execute=execute, resumable=True)
-
-
-if __name__ == "__main__":
-    from pipelines.run import stage_main
-
-    stage_main("push")

@@ -1,50 +1,45 @@
 r"""Run the DIM pipeline, or one of its stages, from the command line.
 
     python -m pipelines.run --flagfile=configs/pipeline_cifar10.flags
-    python -m pipelines.train --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
+    python -m pipelines.run --only=train --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
 
-Rerunning a command reuses every stage whose inputs and parameters did not
-change, reruns the ones that did, and resumes a stage that failed or was killed.
-`--force=train` (or all) reruns stages regardless.
+Run from the repository root (the `pipelines` package is not installed with
+dim-tf). Rerunning a command reuses every stage whose inputs and parameters
+did not change, reruns the ones that did, and resumes a stage that failed or
+was killed. `--force=train` (or all) reruns stages regardless. `--only=STAGE`
+runs one stage, taking the stages before it from the cache.
+
+Exit statuses are dim_tf's: 0 done; 1 a stage stopped; 2 bad flags or data, or
+`--only` a stage whose upstream stages have not run with these flags; 143
+SIGTERM (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, logging
-
+from dim_tf import ConfigError, run_cli
 from pipelines import flags as pipeline_flags
 from pipelines.flags import FLAGS
 
-
-def _refuse(error: Exception) -> None:
-    logging.error("%s", error)
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+flags.adopt_module_key_flags(pipeline_flags)
 
 
-def _run(only: str | None) -> None:
-    from dim_tf import ConfigError
-
+def main() -> None:
     if not FLAGS.pipeline_root:
-        raise app.UsageError("--pipeline_root is required.")
-    # Flags are checked before TensorFlow loads, so a typo fails in a second.
-    try:
-        force = pipeline_flags.forced_stages()
-        parameters = pipeline_flags.stage_parameters()
-        pipeline_flags.validate_parameters(parameters)
-    except (ConfigError, pipeline_flags.flags.ValidationError) as error:
-        _refuse(error)
+        raise ConfigError("--pipeline_root is required: the directory of the pipeline's "
+                          "artifacts and metadata store.")
+    # Flags are checked before TensorFlow loads (the stages load it), so a typo
+    # fails in a second.
+    force = pipeline_flags.forced_stages()
+    parameters = pipeline_flags.stage_parameters()
+    pipeline_flags.validate_parameters(parameters)
 
-    from dim_tf import DataError
     from pipelines.pipeline import run_pipeline
-    from pipelines.stage import StageNotRun, print_stage_result
+    from pipelines.stage import print_stage_result
 
-    try:
-        results = run_pipeline(FLAGS.pipeline_root, parameters, only=only, force=force)
-    except (ConfigError, DataError, StageNotRun) as error:
-        _refuse(error)
+    only = FLAGS.only
+    results = run_pipeline(FLAGS.pipeline_root, parameters, only=only, force=force)
     for name in (only,) if only else results:
         print_stage_result(results[name])
     push = results.get("push")
@@ -54,16 +49,5 @@ def _run(only: str | None) -> None:
                              if blessing["blessed"] else "no: " + "; ".join(blessing["reasons"])))
 
 
-def stage_main(stage: str) -> None:
-    """Entry point of `python -m pipelines.<stage>`."""
-    app.run(lambda argv: _run(stage))
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    _run(None)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main, "pipelines.run")

@@ -34,7 +34,7 @@ from typing import Callable
 
 from absl import logging
 
-from dim_tf import kill_point
+from dim_tf import ConfigError, DimError, __version__, kill_point
 from pipelines.store import Artifact, Execution, MetadataStore, NewArtifact
 
 RUN_ID_LENGTH = 12
@@ -74,8 +74,11 @@ class Stage:
     operational_parameters: tuple[str, ...] = ()
 
 
-class StageNotRun(RuntimeError):
-    """An upstream stage has no usable result for these parameters."""
+class StageNotRun(DimError):
+    """An upstream stage has no usable result for these parameters: a stage was run
+    alone too early, which is bad input like a wrong flag."""
+
+    exit_status = ConfigError.exit_status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,28 +90,26 @@ class StageResult:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """dim_tf's version and, in a git checkout, the commit (with `+dirty` for local edits)."""
-    import dim_tf
-
-    version = dim_tf.__version__
-    source = os.path.dirname(os.path.abspath(dim_tf.__file__))
+    """dim_tf's version and the commit of the checkout the pipelines run from (with
+    `.dirty` for local edits); the version alone outside a git checkout."""
+    # The pipelines always run from a checkout (they are not installed), while
+    # dim_tf may be an installed wheel: the checkout is the one holding this file.
+    source = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "-C", source, "rev-parse", "--short=12", "HEAD"],
                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", source, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return version
-    return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+        return __version__
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
 
 
 def fingerprint(stage: Stage, parameters: dict, inputs: dict[str, Artifact]) -> str:
     """The cache key of running `stage` with `parameters` on `inputs`."""
-    import dim_tf
-
     keyed = {k: v for k, v in parameters.items() if k not in stage.operational_parameters}
     payload = json.dumps({
-        "stage": stage.name, "parameters": keyed, "dim_tf": dim_tf.__version__,
+        "stage": stage.name, "parameters": keyed, "dim_tf": __version__,
         "inputs": {name: artifact.fingerprint for name, artifact in sorted(inputs.items())},
     }, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -6,7 +6,7 @@ flags are those of `python -m dim_tf.train`, including `--strategy`
 (one_device, mirrored, multi_worker, tpu). An interrupted training resumes
 from its last checkpoint when the stage runs again. Run alone:
 
-    python -m pipelines.train --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
+    python -m pipelines.run --only=train --flagfile=configs/pipeline_cifar10.flags --pipeline_root=DIR
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 
 from dim_tf import TrainConfig, train
-from pipelines.flags import TRAIN_OPERATIONAL
 from pipelines.stage import Stage, StageContext
 from pipelines.store import NewArtifact
+
+# Parameters that change how training runs but not the model it produces: not
+# part of the cache key.
+OPERATIONAL_PARAMETERS = ("strategy", "verbose", "log_every", "checkpoint_every", "keep_checkpoints")
 
 
 def execute(context: StageContext) -> list[NewArtifact]:
@@ -30,10 +33,4 @@ def execute(context: StageContext) -> list[NewArtifact]:
 
 
 STAGE = Stage(name="train", inputs={"examples": ("ingest", "examples")}, execute=execute,
-              resumable=True, operational_parameters=TRAIN_OPERATIONAL)
-
-
-if __name__ == "__main__":
-    from pipelines.run import stage_main
-
-    stage_main("train")
+              resumable=True, operational_parameters=OPERATIONAL_PARAMETERS)

@@ -53,7 +53,7 @@ def test_batched_products_and_einsum_are_counted_with_broadcasting():
 
 def test_the_paper_step_costs_two_gflop_per_image_mostly_in_the_local_head():
     from dim_tf.config import TrainConfig
-    from dim_tf.training.run import build_model
+    from dim_tf.training.dim_model import build_model
 
     model = build_model(TrainConfig(model_dir="unused", mi_units=2048, batch_size=8, monitor=False))
     flops = function_flops(tf.function(model.train_step),
@@ -94,12 +94,13 @@ def test_matmul_peak_is_positive_and_finite():
     assert np.isfinite(peak) and peak > 0
 
 
+@pytest.mark.e2e
 def test_bfloat16_benchmark_keeps_estimator_outputs_in_float32():
     # A fresh process: the dtype policy is global.
     code = (
         "import keras, tensorflow as tf\n"
         "from dim_tf.config import TrainConfig\n"
-        "from dim_tf.training.run import build_model\n"
+        "from dim_tf.training.dim_model import build_model\n"
         "keras.config.set_dtype_policy('mixed_bfloat16')\n"
         "model = build_model(TrainConfig(model_dir='x', mi_units=16, batch_size=4, monitor=False,"
         " mixed_precision=True))\n"

@@ -12,6 +12,9 @@ import tensorflow as tf
 
 from tests.training.synthetic import write_image_folder
 
+# End to end: subprocesses of the command lines (pytest.ini).
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--probe_epochs=2", "--diagnostic_steps=20", "--knn_k=5", "--batch_size=16"]
 

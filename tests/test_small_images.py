@@ -1,6 +1,6 @@
 """Images smaller than the encoder's input: a folder of 28x28 grayscale images (the
 MNIST family's size) trains a 32x32 encoder, is evaluated and is served, each
-resizing the images up the same way (issue 14, item 8)."""
+resizing the images up the same way."""
 
 import json
 import logging
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dim_tf.data import pipeline
+from dim_tf.data import loaders, preprocessing, streams
 from tests.training.synthetic import disc_images
+
+# End to end: subprocesses of the command lines (pytest.ini).
+pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE, ENCODER_SIZE = 28, 32
@@ -61,9 +64,9 @@ def test_small_grayscale_folder_trains_evaluates_and_serves(small_run, caplog):
         report = evaluate(EvalConfig(model_dir=str(run), probes=("linear", "knn"), probe_epochs=2,
                                      knn_k=3, batch_size=16, diagnostics=False), progress=False)
     assert NOTE in caplog.text
-    assert report["settings"]["image_size"] == ENCODER_SIZE and report["settings"]["channels"] == 1
-    assert report["settings"]["test_examples"] == 12
-    assert 0.0 <= report["probes"]["knn"]["y"]["top1"] <= 100.0
+    assert report.settings["image_size"] == ENCODER_SIZE and report.settings["channels"] == 1
+    assert report.settings["test_examples"] == 12
+    assert 0.0 <= report.probes["knn"]["y"]["top1"] <= 100.0
     assert (run / "evaluation" / "report.json").exists()
 
     loaded = tf.saved_model.load(str(small_run / "export" / "1"))
@@ -71,10 +74,10 @@ def test_small_grayscale_folder_trains_evaluates_and_serves(small_run, caplog):
 
     # Served as the 28x28 uint8 files are; the encoder sees the evaluation
     # pipeline's (= training's `preprocess`) pixels of the same files.
-    source = pipeline.load_source(f"folder:{images}", "test")
-    raw = np.stack([pipeline.decode_image(r["image"], 1).numpy() for r in source.records])
+    source = loaders.load_source(f"folder:{images}", "test")
+    raw = np.stack([preprocessing.decode_image(r["image"], 1).numpy() for r in source.records])
     assert raw.shape == (12, SIZE, SIZE, 1) and raw.dtype == np.uint8
-    prepared, _ = next(iter(pipeline.evaluation_dataset(source, batch_size=12,
+    prepared, _ = next(iter(streams.evaluation_dataset(source, batch_size=12,
                                                         image_size=ENCODER_SIZE, channels=1)))
     served = serve(images=tf.constant(raw))
     expected = normalized(images=prepared)

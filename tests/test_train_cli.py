@@ -14,6 +14,9 @@ import tensorflow as tf
 from tests.ports import free_ports
 from tests.training.synthetic import write_image_folder
 
+# End to end: subprocesses of the command lines (pytest.ini).
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--encoder=basic32x32", "--mi_units=16", "--batch_size=8", "--verbose=2",
         "--log_every=1", "--learning_rate=1e-3"]
@@ -55,6 +58,21 @@ def test_invalid_flags_fail_before_training_and_name_the_flag(tmp_path, args, me
 def test_missing_model_dir_is_an_error():
     result = run_train("--dataset=sample:cifar10")
     assert result.returncode == 2 and "--model_dir is required" in result.stderr
+
+
+def test_misspelled_flag_is_an_error_naming_it(tmp_path):
+    result = run_train(f"--modle_dir={tmp_path / 'run'}", "--dataset=sample:cifar10")
+    assert result.returncode == 2
+    assert "dim_tf.train: error: Unknown command line flag 'modle_dir'" in result.stderr
+    assert "Did you mean: model_dir" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_stray_argument_is_an_error(tmp_path):
+    result = run_train(f"--model_dir={tmp_path / 'run'}", "sample:cifar10")
+    assert result.returncode == 2
+    assert "unexpected arguments ['sample:cifar10']; flags look like --name=value" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_images_smaller_than_the_encoder_are_resized_up_with_a_note(tmp_path, image_tree):
@@ -106,6 +124,11 @@ def test_flagfile_with_override_and_end_to_end_run(tmp_path, image_tree):
     assert {"loss/local", "mi/local", "prior/disc_accuracy", "optimizer/learning_rate",
             "speed/images_per_second", "epoch_loss/local"} <= tags
     assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
+    assert result.stdout.rstrip().endswith(f", exported {tmp_path / 'export' / '1'}")
+    assert "--export_dir=" in (model_dir / "flags.txt").read_text()  # every setting, reusable
+    assert set(summary) == {"model_dir", "total_steps", "start_step", "end_step", "seconds",
+                            "trained_seconds", "stopped_by_time_budget", "images_per_second",
+                            "metrics", "skipped_images"}
     # Resuming with other run-defining settings is refused, naming them.
     changed = run_train(f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--mi_units=32")
     assert changed.returncode == 2

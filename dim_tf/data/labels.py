@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from dim_tf.data.pipeline import DataError
+from dim_tf.errors import DataError
 
 LABELS_FILE = "labels.json"
 

@@ -13,15 +13,18 @@ so a directory without one was not finished and is refused.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import keras
 import tensorflow as tf
 
-from dim_tf.config import image_folder_root
-from dim_tf.data.pipeline import DataError, ImageSource, find_bad_images, usable_images
+from dim_tf.config import DatasetSpec
+from dim_tf.data.source import ImageSource, find_bad_images, usable_images
+from dim_tf.errors import DataError
+from dim_tf.io import atomic_path, atomic_write_json
 
 SCHEMA_FILE = "schema.json"
 STATISTICS_FILE = "statistics.json"
@@ -44,15 +47,6 @@ def _example(encoded: bytes, label: int, name: bytes) -> bytes:
         "image/name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def _atomic_json(path: str, value) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 def _split_statistics(label_counts, heights, widths, channels, label_names, bad) -> dict:
@@ -115,7 +109,7 @@ def write_tfrecord_dataset(
             raise DataError(f"Split {split!r} has classes {list(source.label_names)}, other splits "
                             f"{list(label_names)}: the label indices would not agree.")
         bad = ()
-        if image_folder_root(source.name) is not None:
+        if DatasetSpec.parse(source.name).image_folder is not None:
             bad = find_bad_images(source, check_channels)
             source = usable_images(source, check_channels, skip_corrupt, bad)
         elif source.num_examples == 0:
@@ -129,19 +123,21 @@ def write_tfrecord_dataset(
         label_counts, heights, widths, channels = collections.Counter(), [], [], []
         bar = keras.utils.Progbar(source.num_examples, unit_name="image") if progress else None
         written = 0
-        writer = None
-        for encoded, label, name, shape in described.as_numpy_iterator():
-            if written % examples_per_shard == 0:
-                writer = _next_shard(writer, output_dir, files[written // examples_per_shard])
-            writer.write(_example(encoded, int(label), name))
-            label_counts[int(label)] += 1
-            heights.append(int(shape[0]))
-            widths.append(int(shape[1]))
-            channels.append(int(shape[2]))
-            written += 1
-            if bar is not None and written % 1000 == 0 and written < source.num_examples:
-                bar.update(written)
-        _next_shard(writer, output_dir, None)
+        records = described.as_numpy_iterator()
+        for file, shard in zip(files, _chunks(records, examples_per_shard)):
+            # Each shard is written to a temporary name and renamed when complete.
+            with atomic_path(os.path.join(output_dir, file)) as temporary, \
+                    tf.io.TFRecordWriter(temporary) as writer:
+                for encoded, label, name, shape in shard:
+                    writer.write(_example(encoded, int(label), name))
+                    label_counts[int(label)] += 1
+                    heights.append(int(shape[0]))
+                    widths.append(int(shape[1]))
+                    channels.append(int(shape[2]))
+                    written += 1
+                    if bar is not None and written % 1000 == 0 and written < source.num_examples:
+                        bar.update(written)
+        written += sum(1 for _ in records)  # images beyond the announced count: refused below
         if bar is not None:
             bar.update(written, finalize=True)
         if written != source.num_examples:
@@ -150,31 +146,16 @@ def write_tfrecord_dataset(
         schema["splits"][split] = {"num_examples": written, "files": files, "source": source.name}
         statistics[split] = _split_statistics(label_counts, heights, widths, channels, label_names,
                                               bad)
-    _atomic_json(os.path.join(output_dir, STATISTICS_FILE), statistics)
-    _atomic_json(os.path.join(output_dir, SCHEMA_FILE), schema)
+    atomic_write_json(os.path.join(output_dir, STATISTICS_FILE), statistics)
+    atomic_write_json(os.path.join(output_dir, SCHEMA_FILE), schema)
     return statistics
 
 
-class _Shard:
-    """A shard written to a temporary name and renamed when complete."""
-
-    def __init__(self, directory: str, name: str):
-        self.path = os.path.join(directory, name)
-        self.temporary = f"{self.path}.tmp-{os.getpid()}"
-        self.writer = tf.io.TFRecordWriter(self.temporary)
-
-    def write(self, record: bytes) -> None:
-        self.writer.write(record)
-
-    def close(self) -> None:
-        self.writer.close()
-        os.replace(self.temporary, self.path)
-
-
-def _next_shard(current: _Shard | None, directory: str, name: str | None) -> _Shard | None:
-    if current is not None:
-        current.close()
-    return _Shard(directory, name) if name is not None else None
+def _chunks(items: Iterator, size: int) -> Iterator[Iterator]:
+    """Consecutive runs of `size` items of `items` (the last may be shorter, none is
+    empty), lazily: each must be consumed before the next is asked for."""
+    for first in items:
+        yield itertools.chain([first], itertools.islice(items, size - 1))
 
 
 def read_tfrecord_schema(root: str) -> dict:

@@ -23,6 +23,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from dim_tf.errors import DataError, RunNotFoundError
+from dim_tf.io import atomic_path
+
 EncodeFn = Callable[[tf.Tensor], dict]
 
 
@@ -61,7 +64,7 @@ def encode_dataset(encode: EncodeFn, dataset: tf.data.Dataset, layers: tuple[str
         if bar:
             bar.add(1)
     if not labels:
-        raise ValueError("The evaluation split has no images.")
+        raise DataError("The evaluation split has no images.")
     return SplitFeatures({k: np.concatenate(v) for k, v in collected.items()},
                          np.concatenate(labels).astype(np.int64), np.concatenate(images_uint8))
 
@@ -87,11 +90,11 @@ def checkpoint_digest(prefix: str) -> str:
     where the data shards are not.
 
     Raises:
-        FileNotFoundError: `prefix` has no .index file.
+        RunNotFoundError: `prefix` has no .index file.
     """
     index = f"{prefix}.index"
     if not os.path.exists(index):
-        raise FileNotFoundError(f"Checkpoint {prefix} has no {os.path.basename(index)} file.")
+        raise RunNotFoundError(f"Checkpoint {prefix} has no {os.path.basename(index)} file.")
     return file_digest([index])
 
 
@@ -120,8 +123,7 @@ def cached_features(cache_dir: str, fingerprint: dict, compute: Callable[[], Spl
             return SplitFeatures(features, data["labels"], data["images"])
     result = compute()
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, labels=result.labels, images=result.images,
-             **{f"feature_{k}": v for k, v in result.features.items()})
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as temporary:
+        np.savez(temporary, labels=result.labels, images=result.images,
+                 **{f"feature_{k}": v for k, v in result.features.items()})
     return result

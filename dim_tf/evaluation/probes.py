@@ -19,9 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dim_tf.errors import ConfigError, DataError
 from dim_tf.models.heads import build_paper_classifier
-
-PROBE_KINDS = ("classifier", "linear", "knn")
 
 
 def _accuracies(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -40,7 +39,7 @@ def build_probe(kind: str, num_classes: int) -> keras.Model:
     if kind == "linear":
         return keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(num_classes)],
                                 name="linear_probe")
-    raise ValueError(f"Unknown probe kind {kind!r}; choose from classifier, linear.")
+    raise ConfigError(f"Unknown probe kind {kind!r}; choose from classifier, linear.")
 
 
 def train_probe(
@@ -98,9 +97,9 @@ def knn_classify(
 def _check_labels(train_y, test_y, num_classes):
     for name, labels in (("train", train_y), ("test", test_y)):
         if len(labels) == 0:
-            raise ValueError(f"The {name} split has no examples to probe.")
+            raise DataError(f"The {name} split has no examples to probe.")
         if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"{name} labels must lie in [0, {num_classes}); got "
+            raise DataError(f"{name} labels must lie in [0, {num_classes}); got "
                              f"[{labels.min()}, {labels.max()}].")
     if len(np.unique(train_y)) < 2:
-        raise ValueError("Probes need at least two classes in the training split.")
+        raise DataError("Probes need at least two classes in the training split.")

@@ -31,6 +31,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from dim_tf.config import ENCODER_IMAGE_SIZE, ENCODERS
+from dim_tf.errors import ConfigError
 from dim_tf.models import normalization
 
 FEATURE_NAMES = ("local", "conv", "fc", "y")
@@ -293,24 +295,25 @@ def _foldalex64x64(b: _Builder, x, y_units):
     return local, local, fc, b.global_code(fc, y_units)
 
 
-# name -> (image size the fully connected layers are built for, body)
-_ENCODERS: dict[str, tuple[int, Callable]] = {
-    "basic32x32": (32, _basic32x32),
-    "basic64x64": (64, _basic64x64),
-    "alex64x64": (64, _alex64x64),
-    "resnet19_32x32": (32, _resnet19_32x32),
-    "foldbasic32x32": (32, _foldbasic32x32),
-    "foldresnet19_32x32": (32, _foldresnet19_32x32),
-    "foldalex64x64": (64, _foldalex64x64),
+# name -> body; the names and the image size each body's fully connected layers are
+# built for are dim_tf.config's (ENCODERS, ENCODER_IMAGE_SIZE).
+_BODIES: dict[str, Callable] = {
+    "basic32x32": _basic32x32,
+    "basic64x64": _basic64x64,
+    "alex64x64": _alex64x64,
+    "resnet19_32x32": _resnet19_32x32,
+    "foldbasic32x32": _foldbasic32x32,
+    "foldresnet19_32x32": _foldresnet19_32x32,
+    "foldalex64x64": _foldalex64x64,
 }
-ENCODERS = tuple(_ENCODERS)
+assert tuple(_BODIES) == ENCODERS, "dim_tf.config.ENCODERS and the encoder bodies disagree"
 
 
 def encoder_image_size(name: str) -> int:
-    """Side of the square images `name` takes. Raises ValueError if unknown."""
-    if name not in _ENCODERS:
-        raise ValueError(f"Unknown encoder {name!r}. Valid encoders: {', '.join(ENCODERS)}.")
-    return _ENCODERS[name][0]
+    """Side of the square images `name` takes. Raises ConfigError if unknown."""
+    if name not in ENCODER_IMAGE_SIZE:
+        raise ConfigError(f"Unknown encoder {name!r}. Valid encoders: {', '.join(ENCODERS)}.")
+    return ENCODER_IMAGE_SIZE[name]
 
 
 def build_encoder(
@@ -334,15 +337,15 @@ def build_encoder(
         to the dict {"local", "conv", "fc", "y"}.
 
     Raises:
-        ValueError: unknown name, channels not 1 or 3, or y_units < 1.
+        ConfigError: unknown name, channels not 1 or 3, or y_units < 1.
     """
     size = encoder_image_size(name)
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3; got {channels!r}.")
+        raise ConfigError(f"channels must be 1 or 3; got {channels!r}.")
     if int(y_units) < 1:
-        raise ValueError(f"y_units must be a positive integer; got {y_units!r}.")
+        raise ConfigError(f"y_units must be a positive integer; got {y_units!r}.")
     images = keras.Input((size, size, channels), name="images")
-    body = _ENCODERS[name][1]
+    body = _BODIES[name]
     local, conv, fc, y = body(_Builder(sync_batch_norm), images, int(y_units))
     outputs = dict(zip(FEATURE_NAMES, (local, conv, fc, y)))
     return keras.Model(images, outputs, name=name)

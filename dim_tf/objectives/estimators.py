@@ -42,34 +42,15 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from dim_tf.config import ESTIMATORS, F_DIVERGENCES, canonical_estimator
+
 LOG_2 = math.log(2.0)
-
-F_DIVERGENCES = ("jsd", "gan", "kl", "rkl", "h2", "x2")
-ESTIMATORS = ("jsd", "dv", "nce") + F_DIVERGENCES[1:]
-_ALIASES = {"infonce": "nce", "js": "jsd", "chi2": "x2", "hellinger": "h2"}
-
 
 class MIEstimate(NamedTuple):
     """Per-row loss (to minimise) and mutual-information estimate (nats)."""
 
     loss: tf.Tensor
     mi: tf.Tensor
-
-
-def canonical_estimator(name: str) -> str:
-    """Returns the canonical name of an estimator, or raises with the choices.
-
-    Raises:
-        ValueError: `name` is not a known estimator.
-    """
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in ESTIMATORS:
-        raise ValueError(
-            f"Unknown MI estimator {name!r}. Valid estimators: "
-            f"{', '.join(ESTIMATORS)} (aliases: {', '.join(sorted(_ALIASES))})."
-        )
-    return key
 
 
 def positive_expectation(scores: tf.Tensor, measure: str) -> tf.Tensor:

@@ -12,9 +12,14 @@ Three backends share one batching loop:
   accept them too; an image bigger than that goes alone;
 - `InProcessBackend`: the SavedModel loaded with `tf.saved_model.load`.
 
-Images are sent as uint8 [batch, height, width, channels]; the exported
-signature converts channels, resizes and scales them inside the graph.
-Consecutive images of the same size share a batch.
+The images of a folder are found as training finds them
+(`dim_tf.data.image_files`): every file under it is an image, told by its
+content rather than its name, except operating-system and editor clutter
+(hidden files and folders, Thumbs.db, backups~); a file that is no usable image
+stops the embedding with its reason, before any request. Images are sent as
+uint8 [batch, height, width, channels]; the exported signature converts
+channels, resizes and scales them inside the graph. Consecutive images of the
+same size share a batch.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from typing import Iterator, Protocol
 import numpy as np
 import tensorflow as tf
 
+from dim_tf.config import SERVING_SIGNATURE
 from dim_tf.data import image_files
+from dim_tf.errors import DataError, ServingError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # gRPC's default message limit (4 MiB) less room for the request's other fields.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
@@ -42,51 +48,63 @@ class Backend(Protocol):
 class InProcessBackend:
     """Runs the exported SavedModel in this process."""
 
-    def __init__(self, saved_model_dir: str, signature: str = "serving_default"):
+    def __init__(self, saved_model_dir: str, signature: str = SERVING_SIGNATURE):
         if not os.path.exists(os.path.join(saved_model_dir, "saved_model.pb")):
-            raise FileNotFoundError(f"No saved_model.pb in {saved_model_dir!r}: pass a version "
-                                    "directory such as saved_models/NAME/1.")
-        self._fn = tf.saved_model.load(saved_model_dir).signatures[signature]
+            raise ServingError(f"No saved_model.pb in {saved_model_dir!r}: pass a version "
+                               "directory such as saved_models/NAME/1.")
+        signatures = tf.saved_model.load(saved_model_dir).signatures
+        if signature not in signatures:
+            raise ServingError(f"{saved_model_dir!r} has no signature {signature!r}; it has "
+                               f"{', '.join(sorted(signatures))}.")
+        self._fn = signatures[signature]
 
-    def predict(self, images, output):
+    def predict(self, images: np.ndarray, output: str) -> np.ndarray:
         return self._fn(images=tf.constant(images))[output].numpy()
 
 
 class RestBackend:
     """TF Serving REST: http://HOST:PORT/v1/models/NAME[/versions/V]:predict."""
 
-    def __init__(self, server: str, model_name: str, signature: str = "serving_default",
+    def __init__(self, server: str, model_name: str, signature: str = SERVING_SIGNATURE,
                  version: int | None = None, timeout: float = 60.0):
         base = server if server.startswith("http") else f"http://{server}"
         path = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
         self.url, self.signature, self.timeout = f"{base}{path}:predict", signature, timeout
 
-    def predict(self, images, output):
+    def predict(self, images: np.ndarray, output: str) -> np.ndarray:
         body = json.dumps({"signature_name": self.signature,
                            "inputs": {"images": images.tolist()}}).encode()
         request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                answer = json.loads(response.read())
+                answer = response.read()
         except urllib.error.HTTPError as error:
-            raise RuntimeError(f"TF Serving at {self.url} answered {error.code}: "
+            raise ServingError(f"TF Serving at {self.url} answered {error.code}: "
                                f"{error.read().decode(errors='replace')[:500]}") from error
-        outputs = answer["outputs"]
-        return np.asarray(outputs[output] if isinstance(outputs, dict) else outputs, np.float32)
+        except OSError as error:  # URLError (refused, unknown host) or a timeout
+            raise ServingError(f"Cannot reach TF Serving at {self.url}: "
+                               f"{getattr(error, 'reason', error)}. Check --server and that the "
+                               "server runs with --rest_api_port.") from error
+        try:
+            outputs = json.loads(answer)["outputs"]
+            return np.asarray(outputs[output] if isinstance(outputs, dict) else outputs, np.float32)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ServingError(f"TF Serving at {self.url} sent no {output!r} output (expected "
+                               f"JSON with \"outputs\"): {answer[:200]!r}") from error
 
 
 class GrpcBackend:
     """TF Serving gRPC PredictionService at HOST:PORT (default port 8500)."""
 
-    def __init__(self, server: str, model_name: str, signature: str = "serving_default",
+    def __init__(self, server: str, model_name: str, signature: str = SERVING_SIGNATURE,
                  version: int | None = None, timeout: float = 60.0,
                  max_request_bytes: int = MAX_REQUEST_BYTES):
         try:
             import grpc
             from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
         except ImportError as error:
-            raise ImportError("The gRPC client needs tensorflow-serving-api: "
-                              "pip install 'dim-tf[serving]'.") from error
+            raise ServingError("The gRPC client needs tensorflow-serving-api: "
+                               "pip install 'dim-tf[serving]'.") from error
         self._grpc, self._predict_pb2 = grpc, predict_pb2
         # -1: no client-side limit; responses (e.g. `local` maps) can exceed 4 MB.
         channel = grpc.insecure_channel(server, options=[("grpc.max_send_message_length", -1),
@@ -95,11 +113,11 @@ class GrpcBackend:
         self.server, self.model_name, self.signature = server, model_name, signature
         self.version, self.timeout, self.max_request_bytes = version, timeout, max_request_bytes
 
-    def predict(self, images, output):
+    def predict(self, images: np.ndarray, output: str) -> np.ndarray:
         return np.concatenate([self._predict(chunk, output)
                                for chunk in request_chunks(images, self.max_request_bytes)])
 
-    def _predict(self, images, output):
+    def _predict(self, images: np.ndarray, output: str) -> np.ndarray:
         request = self._predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
         request.model_spec.signature_name = self.signature
@@ -110,7 +128,7 @@ class GrpcBackend:
         try:
             response = self._stub.Predict(request, timeout=self.timeout)
         except self._grpc.RpcError as error:
-            raise RuntimeError(f"TF Serving at {self.server} answered {error.code().name} to a "
+            raise ServingError(f"TF Serving at {self.server} answered {error.code().name} to a "
                                f"request of {request.ByteSize()} bytes ({len(images)} images "
                                f"{list(images.shape[1:])}): {error.details()}") from error
         return tf.make_ndarray(response.outputs[output])
@@ -124,34 +142,54 @@ def request_chunks(images: np.ndarray, max_bytes: int) -> list[np.ndarray]:
     return [images[i:i + step] for i in range(0, len(images), step)] or [images]
 
 
-def list_images(folder: str) -> list[str]:
-    """Image files under `folder` (recursively), sorted."""
+def _image_files(folder: str) -> list[image_files.ImageFile]:
+    """The images under `folder` (recursively, sorted by path), by training's rules.
+
+    Raises:
+        DataError: `folder` is missing or holds no image, or a file in it is no
+            usable image (all such files are named, with their reasons).
+    """
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
-    found = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(folder) for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
-    if not found:
-        raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}.")
-    return found
+        raise DataError(f"Image folder {folder!r} does not exist.")
+    paths = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not image_files.is_system_file(name)]
+        paths.extend(os.path.join(root, name) for name in names
+                     if not image_files.is_system_file(name))
+    # The training data's checks, from the headers: what each file is (sizes too, so
+    # memory stays bounded), and which formats Pillow must decode (TensorFlow misreads
+    # or crashes on them: animated WebP).
+    checked = [image_files.probe(path, label=0) for path in sorted(paths)]
+    bad = [str(entry) for entry in checked if isinstance(entry, image_files.BadImage)]
+    if bad:
+        raise DataError(f"Cannot use {len(bad)} file(s) under {folder!r} (every file there but "
+                        "hidden and system files must be an image):\n  " + "\n  ".join(bad))
+    if not checked:
+        raise DataError(f"No images under {folder!r} (hidden and system files are skipped).")
+    return checked
 
 
-def _batches(paths: list[str], batch_size: int, channels: int) -> Iterator[np.ndarray]:
+def list_images(folder: str) -> list[str]:
+    """The image files under `folder` (recursively), sorted; see the module docstring.
+
+    Raises:
+        DataError: `folder` is missing or empty, or holds a file that is no usable image.
+    """
+    return [image.path for image in _image_files(folder)]
+
+
+def _batches(images: list[image_files.ImageFile], batch_size: int,
+             channels: int) -> Iterator[np.ndarray]:
     """uint8 batches of consecutive same-size images."""
     batch: list[np.ndarray] = []
-    for path in paths:
-        # The training data's checks: sizes from the header (memory stays bounded), and
-        # formats TensorFlow misreads or crashes on (animated WebP) decoded by Pillow.
-        checked = image_files.probe(path, label=0)
-        if isinstance(checked, image_files.BadImage):
-            raise ValueError(f"Cannot use image {checked}")
+    for checked in images:
+        path = checked.path
         encoded = image_files.pillow_png(path) if checked.via_pillow else tf.io.read_file(path)
         try:
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False).numpy()
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(f"Cannot decode image {path!r}: {image_files.decode_failure(path) or error.message}") from error
+            raise DataError(f"Cannot decode image {path!r}: "
+                            f"{image_files.decode_failure(path) or error.message}") from error
         if batch and (image.shape != batch[0].shape or len(batch) == batch_size):
             yield np.stack(batch)
             batch = []
@@ -167,15 +205,20 @@ def embed_folder(
     """Embeds every image under `folder`: ([N, D] float32 features, file paths).
 
     Feature maps (`conv`, `local`) are flattened per image.
+
+    Raises:
+        DataError: `folder` is missing or empty, or holds a file that is no usable
+            image (see the module docstring).
+        ServingError: the backend could not answer.
     """
     import keras
 
-    paths = list_images(folder)
-    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
+    images = _image_files(folder)
+    bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
     features = []
-    for batch in _batches(paths, batch_size, channels):
+    for batch in _batches(images, batch_size, channels):
         values = np.asarray(backend.predict(batch, output), np.float32)
         features.append(values.reshape(len(batch), -1))
         if bar:
             bar.add(len(batch))
-    return np.concatenate(features), paths
+    return np.concatenate(features), [image.path for image in images]

@@ -41,7 +41,9 @@ from typing import Iterator
 
 from absl import logging
 
+from dim_tf.errors import ConfigError, ExportBusyError, VersionExistsError
 from dim_tf.faults import kill_point
+from dim_tf.io import fsync_path
 
 LOCK_FILE = ".export.lock"
 STAGING_PREFIX = ".export.tmp-"
@@ -96,9 +98,9 @@ class VersionSlot:
             _exchange(self.staging, self.path, self.version)
         elif not _renameat2(self.staging, self.path, _RENAME_NOREPLACE):
             if os.path.exists(self.path):
-                raise FileExistsError(_appeared(self.path))
+                raise VersionExistsError(_appeared(self.path))
             os.rename(self.staging, self.path)
-        _fsync_directory(self.export_dir)
+        fsync_path(self.export_dir)
         kill_point("export.published")
 
 
@@ -114,12 +116,12 @@ def reserve_version(
     is deleted before the lock is released.
 
     Raises:
-        ValueError: `version` is not a positive integer.
-        FileExistsError: `version` exists and `overwrite` is False.
-        TimeoutError: another export held the lock for `lock_timeout` seconds.
+        ConfigError: `version` is not a positive integer.
+        VersionExistsError: `version` exists and `overwrite` is False.
+        ExportBusyError: another export held the lock for `lock_timeout` seconds.
     """
     if version is not None and int(version) < 1:
-        raise ValueError(f"version must be a positive integer; got {version}.")
+        raise ConfigError(f"--version must be a positive integer; got {version}.")
     os.makedirs(export_dir, exist_ok=True)
     with _exclusive_lock(os.path.join(export_dir, LOCK_FILE), lock_timeout):
         _remove_leftovers(export_dir)
@@ -127,8 +129,8 @@ def reserve_version(
         final = os.path.join(export_dir, str(chosen))
         exists = os.path.exists(final)
         if exists and not overwrite:
-            raise FileExistsError(f"Export version {final} exists; pass --overwrite to replace "
-                                  "it or --version to choose another.")
+            raise VersionExistsError(f"Export version {final} exists; pass --overwrite to "
+                                     "replace it or --version to choose another.")
         # os.mkdir, not tempfile.mkdtemp: a version must get the umask's permissions
         # (mkdtemp's 0700 would hide it from a server running as another user).
         staging = os.path.join(export_dir, STAGING_PREFIX + secrets.token_hex(8))
@@ -150,7 +152,7 @@ def _exclusive_lock(path: str, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(
+                    raise ExportBusyError(
                         f"Another export into {os.path.dirname(path)} has held its lock "
                         f"{path} for more than {timeout:g} s (an exporter holds it until its "
                         "version is published). Wait for it to finish or stop it; a killed "
@@ -193,7 +195,7 @@ def _exchange(staging: str, target: str, version: int) -> None:
 
 def _renameat2(source: str, target: str, flags: int) -> bool:
     """renameat2(2) with `flags`; False when this system cannot do it (then the
-    caller falls back), OSError for real failures (e.g. EEXIST)."""
+    caller falls back); VersionExistsError if `target` exists, OSError for other failures."""
     if _RENAMEAT2 is None:
         return False
     if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
@@ -202,7 +204,7 @@ def _renameat2(source: str, target: str, flags: int) -> bool:
     if code in _UNSUPPORTED:
         return False
     if code in (errno.EEXIST, errno.ENOTEMPTY):
-        raise FileExistsError(code, _appeared(target))
+        raise VersionExistsError(_appeared(target))
     raise OSError(code, os.strerror(code), target)
 
 
@@ -217,17 +219,5 @@ def _fsync_tree(root: str) -> None:
     rename cannot leave a published version with empty files."""
     for directory, _, files in os.walk(root):
         for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(directory)
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_path(os.path.join(directory, name))
+        fsync_path(directory)

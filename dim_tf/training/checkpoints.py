@@ -31,9 +31,10 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
+from dim_tf import io
+from dim_tf.errors import CheckpointError
 from dim_tf.faults import kill_point
 from dim_tf.training import precision
-from dim_tf.training.errors import CheckpointError
 
 PREFIX = "ckpt"
 STATE_FILE = "checkpoint"  # TensorFlow's name, so tf.train.latest_checkpoint reads it
@@ -99,8 +100,9 @@ def _complete(directory: str) -> list[int]:
 
 def remove_leftovers(directory: str) -> list[str]:
     """Deletes what killed saves left in checkpoint `directory`: staging directories,
-    data files without an index, temporary state files. Call only while no other
-    process saves there (the run's lock). Returns the removed paths."""
+    data files without an index, temporary files of `dim_tf.io` (the state file's).
+    Call only while no other process saves there (the run's lock). Returns the
+    removed paths."""
     removed = []
     if not os.path.isdir(directory):
         return removed
@@ -112,7 +114,7 @@ def remove_leftovers(directory: str) -> list[str]:
         orphan = match is not None and int(match.group(1)) not in complete
         if staging and os.path.isdir(path):
             shutil.rmtree(path)
-        elif staging or orphan or name.startswith(f"{STATE_FILE}.tmp"):
+        elif staging or orphan or io.is_temporary(name):
             os.remove(path)
         else:
             continue
@@ -124,16 +126,6 @@ def _first_line(error: BaseException) -> str:
     """The error's type and first line, without TensorFlow's {{function_node ...}} prefix."""
     text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error)).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:500] if text else ''}"
-
-
-def _fsync(path: str) -> None:
-    """Flushes a file or directory to disk, so a power loss cannot leave a
-    checkpoint whose index exists but whose data never reached the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointStore:
@@ -184,8 +176,10 @@ class CheckpointStore:
             self.checkpoint.write(os.path.join(staging, name))
             kill_point("checkpoint.written")
             written = sorted(f for f in os.listdir(staging) if _FILE.match(f))
+            # Flushed before the renames, so a power loss cannot leave a checkpoint
+            # whose index exists but whose data never reached the disk.
             for f in written:
-                _fsync(os.path.join(staging, f))
+                io.fsync_path(os.path.join(staging, f))
             index = f"{name}.index"
             # Overwriting ckpt-N: drop its index first so the old index never
             # describes the new data files.
@@ -196,7 +190,7 @@ class CheckpointStore:
                     os.replace(os.path.join(staging, f), os.path.join(self.directory, f))
             kill_point("checkpoint.data_moved")
             os.replace(os.path.join(staging, index), os.path.join(self.directory, index))
-            _fsync(self.directory)
+            io.fsync_path(self.directory)
             kill_point("checkpoint.index_moved")
             self._write_state()
             kill_point("checkpoint.state_written")
@@ -230,13 +224,7 @@ class CheckpointStore:
             return
         lines = [f'model_checkpoint_path: "{PREFIX}-{numbers[-1]}"']
         lines += [f'all_model_checkpoint_paths: "{PREFIX}-{n}"' for n in numbers]
-        path = os.path.join(self.directory, STATE_FILE)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        io.atomic_write_text(os.path.join(self.directory, STATE_FILE), "\n".join(lines) + "\n")
 
     def _prune(self) -> None:
         files = _files(self.directory)

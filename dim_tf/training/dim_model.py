@@ -40,7 +40,8 @@ import re
 import keras
 import tensorflow as tf
 
-from dim_tf.config import LOCAL_CRITICS, NEGATIVES
+from dim_tf.config import DEFAULT_MI_UNITS, FEATURE_LAYERS, LOCAL_CRITICS, NEGATIVES, TrainConfig
+from dim_tf.errors import NonFiniteError
 from dim_tf.models.heads import (
     ConcatAndConvolveCritic,
     GlobalCritic,
@@ -48,11 +49,11 @@ from dim_tf.models.heads import (
     build_paper_classifier,
     build_prior_discriminator,
 )
+from dim_tf.models.encoders import build_encoder
 from dim_tf.objectives import prior as prior_lib
 from dim_tf.objectives import scores as scores_lib
 from dim_tf.objectives.estimators import canonical_estimator, per_example_mi
 from dim_tf.training import precision
-from dim_tf.training.errors import NonFiniteError
 from dim_tf.training.keras_hooks import PrebuiltModel
 
 # Under multi-replica strategies the guard is an in-graph assertion whose message
@@ -64,6 +65,23 @@ _ASSERTED = re.compile(re.escape(NON_FINITE_MARKER) + r"\] \[(\d+)\] \[flags:\] 
 def default_optimizer(learning_rate: float = 1e-4) -> keras.optimizers.Optimizer:
     """The paper's Adam: lr 1e-4, betas (0.5, 0.999), eps 1e-8, no weight decay."""
     return keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
+
+
+def build_model(config: TrainConfig, monitor_classes: int | None = None) -> "DeepInfoMax":
+    """The compiled DeepInfoMax model of `config` (call inside the strategy's scope).
+
+    `monitor_classes` switches the online monitor on (labelled data, config.monitor).
+    """
+    encoder = build_encoder(config.encoder, channels=config.channels, y_units=config.y_units)
+    model = DeepInfoMax(
+        encoder, estimator=config.estimator, alpha=config.alpha, beta=config.beta,
+        gamma=config.gamma, mi_units=config.mi_units, local_critic=config.local_critic,
+        negatives=config.negatives, gradient_penalty_weight=config.gradient_penalty_weight,
+        seed=config.seed,
+        monitor_classes=monitor_classes if config.monitor else None,
+    )
+    model.compile(default_optimizer(config.learning_rate), default_optimizer(config.learning_rate))
+    return model
 
 
 def _images_and_labels(data):
@@ -187,7 +205,7 @@ class DeepInfoMax(PrebuiltModel):
         alpha: float = 0.0,
         beta: float = 1.0,
         gamma: float = 0.1,
-        mi_units: int = 2048,
+        mi_units: int = DEFAULT_MI_UNITS,
         local_critic: str = "dot",
         negatives: str = "global",
         negative_group_size: int | None = None,
@@ -195,7 +213,7 @@ class DeepInfoMax(PrebuiltModel):
         sync_batch_norm: bool = True,
         seed: int = 0,
         monitor_classes: int | None = None,
-        monitor_layers: tuple[str, ...] = ("conv", "fc", "y"),
+        monitor_layers: tuple[str, ...] = FEATURE_LAYERS,
         **kwargs,
     ):
         super().__init__(**kwargs)

@@ -22,11 +22,11 @@ import os
 import socket
 import sys
 
-from dim_tf.config import ConfigError
-from dim_tf.training.errors import ModelDirBusy
+from dim_tf import io
+from dim_tf.config import RUN_CONFIG_FILE
+from dim_tf.errors import ConfigError, ModelDirBusy
 
 LOCK_FILE = ".lock"
-_TMP_MARK = ".tmp-"  # atomic_write_text's temporary names: NAME.tmp-PID
 
 
 class ModelDirLock:
@@ -91,7 +91,7 @@ def check_writable(model_dir: str) -> None:
     Raises:
         ConfigError: naming the path and the cause (read-only, permission, disk full).
     """
-    probe = os.path.join(model_dir, f".write_probe{_TMP_MARK}{os.getpid()}")
+    probe = io.temporary_path(os.path.join(model_dir, ".write_probe"))
     try:
         os.makedirs(model_dir, exist_ok=True)
         with open(probe, "wb") as f:
@@ -120,15 +120,6 @@ def check_free_space(model_dir: str, needed_bytes: int) -> None:
         )
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes `path` through a temporary file and a rename: readers see the old or
-    the new content, never a part."""
-    tmp = f"{path}{_TMP_MARK}{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 TRAINING_TIME_FILE = "training_time.json"
 _TRAINING_TIME_KEPT = 64  # entries; older checkpoints are deleted long before
 
@@ -153,16 +144,16 @@ def record_trained_seconds(model_dir: str, step: int, seconds: float) -> None:
         ledger = {}
     ledger[str(step)] = round(seconds, 3)
     kept = sorted(ledger, key=int)[-_TRAINING_TIME_KEPT:]
-    atomic_write_text(path, json.dumps({k: ledger[k] for k in kept}, indent=1))
+    io.atomic_write_text(path, json.dumps({k: ledger[k] for k in kept}, indent=1))
 
 
 def remove_leftovers(model_dir: str) -> list[str]:
-    """Deletes temporary files killed writes left directly in `model_dir`
-    (call with the lock held). Returns their paths."""
+    """Deletes the temporary files (`dim_tf.io`) killed writes left directly in
+    `model_dir` (call with the lock held). Returns their paths."""
     removed = []
     for name in sorted(os.listdir(model_dir)):
         path = os.path.join(model_dir, name)
-        if _TMP_MARK in name and os.path.isfile(path):
+        if io.is_temporary(name) and os.path.isfile(path):
             os.remove(path)
             removed.append(path)
     return removed
@@ -195,6 +186,6 @@ def start_over(model_dir: str) -> str | None:
             f"--start_over: cannot create {target} to move the old run of {model_dir} into: "
             f"{error.strerror or error}. Move or delete the old run yourself."
         ) from error
-    for entry in sorted(entries, key=lambda e: e == "config.json"):
+    for entry in sorted(entries, key=lambda e: e == RUN_CONFIG_FILE):
         os.replace(os.path.join(model_dir, entry), os.path.join(target, entry))
     return target

@@ -5,7 +5,7 @@ bfloat16 has float32's exponent range, so CPUs with bfloat16 units (x86
 AVX512_BF16 or AMX, Arm's BF16 extension) and TPUs train in `mixed_bfloat16`
 without loss scaling. A CPU without such units emulates every bfloat16 product
 in float32 plus conversions: measured on an AVX2-only AMD EPYC (Zen 3), the
-one-hour recipe's step ran 4.2x slower in bfloat16 than in float32 (issue 14).
+one-hour recipe's step ran 4.2x slower in bfloat16 than in float32.
 There `--mixed_precision` falls back to float32 with one log line, unless forced.
 GPUs run `mixed_float16`, whose small range makes small gradients underflow:
 each optimiser of a float16 player is wrapped in a dynamic loss-scale optimiser

@@ -15,6 +15,9 @@ model_dir at a time, and the directory is probed for writing before training
 (model_dir.py). A NaN or Inf in any term or gradient stops the run before that
 step changes any weight (dim_model.py); nothing non-finite is saved.
 
+Training does not export: `python -m dim_tf.train --export_dir` exports the
+finished run with `dim_tf.serving.export.export_run`.
+
 Fault injection points (dim_tf/faults.py): "train.step_end" after every step's
 training and before its checkpoint, and the "checkpoint.*" points of a save.
 """
@@ -25,18 +28,25 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from dim_tf.config import MULTI_WORKER_TIME_BUDGET, ConfigError, TrainConfig
-from dim_tf.data import labels, pipeline
-from dim_tf.models.encoders import build_encoder
-from dim_tf.faults import kill_point
+from dim_tf import io
+from dim_tf.config import (
+    CHECKPOINTS_DIR,
+    MULTI_WORKER_TIME_BUDGET,
+    RUN_CONFIG_FILE,
+    SUMMARY_FILE,
+    TRAIN_LOG_DIR,
+    TrainConfig,
+)
+from dim_tf.data import labels, loaders, streams
+from dim_tf.data import source as source_lib
+from dim_tf.errors import ConfigError, DataError, NonFiniteError, Preempted, TrainingError
+from dim_tf.training import callbacks as callbacks_lib
 from dim_tf.training import model_dir as model_dir_lib
 from dim_tf.training.checkpoints import (
     CheckpointStore,
@@ -45,14 +55,20 @@ from dim_tf.training.checkpoints import (
     training_checkpoint,
 )
 from dim_tf.training.checkpoints import remove_leftovers as remove_checkpoint_leftovers
-from dim_tf.training.dim_model import DeepInfoMax, default_optimizer
-from dim_tf.training.errors import NonFiniteError, Preempted, TrainingError
+from dim_tf.training.dim_model import DeepInfoMax, build_model
 from dim_tf.training.precision import use_precision
+from dim_tf.training.restore import saved_run_config
 from dim_tf.training.strategy import is_chief, make_strategy, worker_id
 
 
 @dataclasses.dataclass
 class TrainResult:
+    """What one call of `train` did; summary.json holds it (all but `chief`).
+
+    chief: whether this process is the run's chief, the one that writes in
+        model_dir (always, but for the other workers of a multi-worker run).
+    """
+
     model_dir: str
     total_steps: int
     start_step: int
@@ -63,202 +79,34 @@ class TrainResult:
     images_per_second: float | None
     metrics: dict
     skipped_images: tuple[str, ...]
-    export_path: str | None
+    chief: bool = True
+
+    def summary(self) -> dict:
+        """The content of summary.json (only the chief writes one)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "chief"}
 
 
-def _write_run_file(path: str, text: str) -> None:
-    try:
-        model_dir_lib.atomic_write_text(path, text)
-    except OSError as error:
-        raise TrainingError(f"Could not write {path}: {error.strerror or error}. Free space or "
-                            "fix the permissions there, then rerun the same command.") from error
+@dataclasses.dataclass(frozen=True)
+class _StepPlan:
+    steps_per_epoch: int
+    total_steps: int
 
 
-def _global_step(model) -> int:
-    """Training steps done (works for mirrored variables too)."""
-    return int(model.optimizer.iterations.numpy())
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """The model at the step training continues from, and where its checkpoints go."""
+
+    model: DeepInfoMax
+    store: CheckpointStore
+    step: int
+    scratch: str | None  # a non-chief worker's throw-away checkpoint directory
 
 
-def _metric_tag(name: str) -> str:
-    if name.startswith("monitor_"):
-        return f"monitor/{name[8:]}"
-    if name.endswith("_mi"):
-        return f"mi/{name[:-3]}"
-    if name.startswith("prior_"):
-        return f"prior/{name[6:]}"
-    return f"loss/{name[:-5] if name.endswith('_loss') else 'total'}"
-
-
-class _TrainingClock(keras.callbacks.Callback):
-    """Wall time trained by the run, summed over resumes; stops at the time budget.
-
-    The time counts from before `fit` (dataset start-up and tracing included) and
-    continues from what the restored checkpoint's step had trained.
-    """
-
-    def __init__(self, trained_before: float, budget_seconds: float | None):
-        super().__init__()
-        self.trained_before, self.budget_seconds = trained_before, budget_seconds
-        self.started = time.perf_counter()
-        self.budget_reached = budget_seconds is not None and trained_before >= budget_seconds
-
-    def trained_seconds(self) -> float:
-        return self.trained_before + time.perf_counter() - self.started
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.budget_seconds is not None and self.trained_seconds() >= self.budget_seconds:
-            self.budget_reached = True
-            self.model.stop_training = True
-
-
-class _CheckpointEvery(keras.callbacks.Callback):
-    """Saves every `every` steps and at the end of every epoch, then records the
-    time trained up to the saved step (chief only: `model_dir` is None elsewhere)."""
-
-    def __init__(self, store: CheckpointStore, every: int, clock: _TrainingClock,
-                 model_dir: str | None):
-        super().__init__()
-        self.store, self.every, self.clock, self.model_dir = store, every, clock, model_dir
-        self.last_saved = None
-
-    def _save(self):
-        step = _global_step(self.model)
-        if step != self.last_saved:
-            self.store.save(checkpoint_number=step)
-            self.last_saved = step
-            if self.model_dir:
-                model_dir_lib.record_trained_seconds(self.model_dir, step, self.clock.trained_seconds())
-
-    def on_train_batch_end(self, batch, logs=None):
-        if _global_step(self.model) % self.every == 0:
-            self._save()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._save()
-
-
-class _KillPoint(keras.callbacks.Callback):
-    """Fault injection point "train.step_end": a step trained, its checkpoint not yet written."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        kill_point("train.step_end")
-
-
-class _StopOnSigterm(keras.callbacks.Callback):
-    """On SIGTERM, finishes the current step and stops; the epoch-end checkpoint
-    (`_CheckpointEvery`) then saves exactly that step."""
-
-    def __init__(self):
-        super().__init__()
-        self.requested = False
-        self._previous = None
-
-    def on_train_begin(self, logs=None):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._request)
-
-    def _request(self, signum, frame):
-        self.requested = True
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.requested:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-class _ScalarLogger(keras.callbacks.Callback):
-    """TensorBoard scalars at the global step: losses, MI, prior game, lr, images/s.
-
-    Batch-level values are the running means of the current epoch (Keras' trackers).
-    """
-
-    def __init__(self, log_dir: str | None, every: int, global_batch_size: int):
-        super().__init__()
-        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
-        self.every, self.global_batch_size = every, global_batch_size
-        self.images_per_second = None
-        self._tick = None
-
-    def on_train_begin(self, logs=None):
-        self._tick = (time.perf_counter(), _global_step(self.model))
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = _global_step(self.model)
-        if step % self.every:
-            return
-        now = time.perf_counter()
-        then, then_step = self._tick
-        if step > then_step:
-            self.images_per_second = (step - then_step) * self.global_batch_size / (now - then)
-        self._tick = (now, step)
-        self._write(logs, step, "")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._write(logs, _global_step(self.model), "epoch_")
-
-    def _write(self, logs, step, prefix):
-        if self.writer is None or not logs:
-            return
-        with self.writer.as_default(step=step):
-            for name, value in logs.items():
-                tf.summary.scalar(prefix + _metric_tag(name), float(value))
-            lr = self.model.optimizer.learning_rate
-            tf.summary.scalar(prefix + "optimizer/learning_rate", float(lr.numpy() if hasattr(lr, "numpy") else lr))
-            if self.images_per_second is not None:
-                tf.summary.scalar(prefix + "speed/images_per_second", self.images_per_second)
-        self.writer.flush()
-
-
-def _check_resumable(config: TrainConfig) -> None:
-    """Refuses to continue a run in model_dir with different run-defining settings."""
-    saved_path = os.path.join(config.model_dir, "config.json")
-    if not os.path.exists(saved_path):
-        return
-    with open(saved_path, encoding="utf-8") as f:
-        saved = TrainConfig.from_json(f.read(), model_dir=config.model_dir)
-    conflicts = config.resume_conflicts(saved)
-    if conflicts:
-        raise ConfigError(
-            f"--model_dir={config.model_dir} holds a run with other settings, which this run would "
-            "resume from:\n  " + "\n  ".join(conflicts) + "\nUse a new --model_dir, the run's "
-            "own settings (its flags.txt works as a --flagfile), or --start_over to move the old "
-            "run aside and train from step 0."
-        )
-
-
-def _prepare_source(config: TrainConfig) -> pipeline.ImageSource:
-    source = pipeline.load_source(config.dataset, config.train_split, config.data_dir,
-                                  config.manual_dir, config.download)
-    if config.folder is not None:  # every file decoded once: unusable ones stop the run or are skipped
-        source = pipeline.usable_images(source, config.channels, skip_bad=config.skip_corrupt)
-    if source.num_examples == 0:
-        raise pipeline.DataError(f"--dataset={config.dataset} split {config.train_split!r} has no images.")
-    # Smaller images (28x28 MNIST-like data) are resized up, not refused: no encoder
-    # exists for every size, and evaluation and serving resize them up the same way.
-    pipeline.log_if_enlarged(source, config.channels, config.image_size,
-                             random_crop=config.random_crop, encoder=config.encoder)
-    return source
-
-
-def build_model(config: TrainConfig, monitor_classes: int | None = None) -> DeepInfoMax:
-    """The compiled DeepInfoMax model of `config` (call inside the strategy's scope).
-
-    `monitor_classes` switches the online monitor on (labelled data, config.monitor).
-    """
-    encoder = build_encoder(config.encoder, channels=config.channels, y_units=config.y_units)
-    model = DeepInfoMax(
-        encoder, estimator=config.estimator, alpha=config.alpha, beta=config.beta,
-        gamma=config.gamma, mi_units=config.mi_units, local_critic=config.local_critic,
-        negatives=config.negatives, gradient_penalty_weight=config.gradient_penalty_weight,
-        seed=config.seed,
-        monitor_classes=monitor_classes if config.monitor else None,
-    )
-    model.compile(default_optimizer(config.learning_rate), default_optimizer(config.learning_rate))
-    return model
+@dataclasses.dataclass(frozen=True)
+class _Callbacks:
+    clock: callbacks_lib.TrainingClock
+    stopper: callbacks_lib.StopOnSigterm
+    in_order: list[keras.callbacks.Callback]
 
 
 def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
@@ -273,13 +121,15 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
             `MODEL_DIR.old-TIMESTAMP`) and train from step 0.
 
     Raises:
-        ConfigError, pipeline.DataError: before any training, for bad settings or data,
+        ConfigError, DataError: before any training, for bad settings or data,
             a model_dir with another run's settings, or one that cannot be written.
+        DamagedRunFileError: model_dir's config.json cannot be read.
         ModelDirBusy: another process is training in model_dir.
         CheckpointError: a checkpoint could not be written (earlier ones are kept),
             or none of the run's checkpoints can be read.
         NonFiniteError: a term or gradient became NaN/Inf; the last checkpoint is kept.
         Preempted: SIGTERM; the current step was saved.
+        TrainingError: a run file (config.json, summary.json, ...) could not be written.
     """
     config.check_paths()
     use_precision(config.mixed_precision, config.force_mixed_precision)
@@ -289,42 +139,92 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
     if config.batch_size % replicas:
         raise ConfigError(f"--batch_size={config.batch_size} must be divisible by the number of "
                           f"replicas ({replicas}).")
-    chief = is_chief(strategy)
-    if not chief:  # only the chief writes in model_dir, so only it takes the lock
-        return _train_in(config, strategy, chief, extra_files, start_over)
+    if not is_chief(strategy):  # only the chief writes in model_dir, so only it takes the lock
+        return _train_with(config, strategy, False, extra_files, start_over)
     model_dir_lib.check_writable(config.model_dir)
     with model_dir_lib.ModelDirLock(config.model_dir):
-        if start_over:
-            moved_to = model_dir_lib.start_over(config.model_dir)
-            if moved_to:
-                logging.warning("--start_over: moved the previous run in %s to %s.",
-                                config.model_dir, moved_to)
-        removed = model_dir_lib.remove_leftovers(config.model_dir)
-        removed += remove_checkpoint_leftovers(os.path.join(config.model_dir, "checkpoints"))
-        if removed:
-            logging.info("Removed %d temporary file(s) left by an interrupted run: %s",
-                         len(removed), ", ".join(removed))
-        return _train_in(config, strategy, chief, extra_files, start_over)
+        _clear_model_dir(config.model_dir, start_over)
+        return _train_with(config, strategy, True, extra_files, start_over)
 
 
-def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool,
-              extra_files: dict[str, str] | None, start_over: bool) -> TrainResult:
+def _train_with(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool,
+                extra_files: dict[str, str] | None, start_over: bool) -> TrainResult:
     """`train` once the chief owns model_dir (or on a non-chief worker)."""
     if not start_over:
         _check_resumable(config)
     source = _prepare_source(config)
+    plan = _plan_steps(config, source)
+    labels.check_labels(config.model_dir, source.label_names, config.dataset)
+    start = _restore_or_start(config, strategy, source, chief, start_over, plan)
+    budget, trained_before = _time_budget(config, strategy, start.step)
+    if chief:
+        _write_run_files(config, source, start, plan, extra_files)
+    callbacks = _make_callbacks(config, strategy, start.store, chief, trained_before, budget)
+    logs = _fit(config, strategy, source, plan, start, callbacks)
+    return _result(config, source, plan, start, callbacks, logs, chief)
+
+
+def _clear_model_dir(model_dir: str, start_over: bool) -> None:
+    """With the lock held: moves the old run aside (`start_over`), then deletes what
+    killed writes left behind."""
+    if start_over:
+        moved_to = model_dir_lib.start_over(model_dir)
+        if moved_to:
+            logging.warning("--start_over: moved the previous run in %s to %s.", model_dir, moved_to)
+    removed = model_dir_lib.remove_leftovers(model_dir)
+    removed += remove_checkpoint_leftovers(os.path.join(model_dir, CHECKPOINTS_DIR))
+    if removed:
+        logging.info("Removed %d temporary file(s) left by an interrupted run: %s",
+                     len(removed), ", ".join(removed))
+
+
+def _check_resumable(config: TrainConfig) -> None:
+    """Refuses to continue a run in model_dir with different run-defining settings."""
+    saved = saved_run_config(config.model_dir)
+    if saved is None:
+        return
+    conflicts = config.resume_conflicts(saved)
+    if conflicts:
+        raise ConfigError(
+            f"--model_dir={config.model_dir} holds a run with other settings, which this run would "
+            "resume from:\n  " + "\n  ".join(conflicts) + "\nUse a new --model_dir, the run's "
+            "own settings (its flags.txt works as a --flagfile), or --start_over to move the old "
+            "run aside and train from step 0."
+        )
+
+
+def _prepare_source(config: TrainConfig) -> source_lib.ImageSource:
+    source = loaders.load_source(config.data, config.train_split, config.data_dir,
+                                 config.manual_dir, config.download)
+    if config.folder is not None:  # every file decoded once: unusable ones stop the run or are skipped
+        source = source_lib.usable_images(source, config.channels, skip_bad=config.skip_corrupt)
+    if source.num_examples == 0:
+        raise DataError(f"--dataset={config.dataset} split {config.train_split!r} has no images.")
+    # Smaller images (28x28 MNIST-like data) are resized up, not refused: no encoder
+    # exists for every size, and evaluation and serving resize them up the same way.
+    source_lib.log_if_enlarged(source, config.channels, config.image_size,
+                               random_crop=config.random_crop, encoder=config.encoder)
+    return source
+
+
+def _plan_steps(config: TrainConfig, source: source_lib.ImageSource) -> _StepPlan:
+    """Steps per epoch (whole batches, capped by --steps_per_epoch) and in all."""
     steps_per_epoch = source.num_examples // config.batch_size
     if steps_per_epoch == 0:
-        raise pipeline.DataError(
+        raise DataError(
             f"--dataset={config.dataset} split {config.train_split!r} has {source.num_examples} "
             f"images, fewer than one batch (--batch_size={config.batch_size})."
         )
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    total_steps = config.epochs * steps_per_epoch
+    return _StepPlan(steps_per_epoch, config.epochs * steps_per_epoch)
 
-    labels.check_labels(config.model_dir, source.label_names, config.dataset)
-    checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+
+def _restore_or_start(config: TrainConfig, strategy: tf.distribute.Strategy,
+                      source: source_lib.ImageSource, chief: bool, start_over: bool,
+                      plan: _StepPlan) -> _Start:
+    """Builds the model and restores the run's newest readable checkpoint, if any."""
+    checkpoint_dir = os.path.join(config.model_dir, CHECKPOINTS_DIR)
     monitor_classes = len(source.label_names) if len(source.label_names) >= 2 else None
     with strategy.scope():
         model = build_model(config, monitor_classes)
@@ -343,9 +243,15 @@ def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool
         scratch = os.path.join(config.model_dir, f".worker_{worker_id(strategy)}")
         shutil.rmtree(scratch, ignore_errors=True)  # a killed run's copy
         store = CheckpointStore(checkpoint, scratch, max_to_keep=1)
-    start_step = _global_step(model)
+    step = callbacks_lib.global_step(model)
     if restored:
-        logging.info("Resuming from %s at step %d of %d.", restored, start_step, total_steps)
+        logging.info("Resuming from %s at step %d of %d.", restored, step, plan.total_steps)
+    return _Start(model, store, step, scratch)
+
+
+def _time_budget(config: TrainConfig, strategy: tf.distribute.Strategy,
+                 start_step: int) -> tuple[float | None, float]:
+    """(--time_budget_minutes in seconds or None, seconds trained before `start_step`)."""
     budget = config.time_budget_minutes * 60 if config.time_budget_minutes else None
     if budget is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise ConfigError(MULTI_WORKER_TIME_BUDGET)  # --strategy=auto found a cluster
@@ -355,78 +261,78 @@ def _train_in(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool
             logging.warning("No training time is recorded for step %d (a run from before "
                             "--time_budget_minutes existed): counting its time as 0.", start_step)
         trained_before = 0.0
-    if chief:
-        if start_step < total_steps:
-            model_dir_lib.check_free_space(config.model_dir, checkpoint_bytes(model))
-        _write_run_file(os.path.join(config.model_dir, "config.json"), config.to_json())
-        _write_run_file(os.path.join(config.model_dir, labels.LABELS_FILE),
-                        labels.labels_json(source.label_names))
-        for name, text in (extra_files or {}).items():
-            _write_run_file(os.path.join(config.model_dir, name), text)
+    return budget, trained_before
 
-    clock = _TrainingClock(trained_before, budget)
-    tick = clock.started
-    logger = _ScalarLogger(os.path.join(config.model_dir, "logs", "train") if chief else None,
-                           config.log_every, config.batch_size)
+
+def _write_run_files(config: TrainConfig, source: source_lib.ImageSource, start: _Start,
+                     plan: _StepPlan, extra_files: dict[str, str] | None) -> None:
+    """The chief's files describing the run: its settings, class list and `extra_files`
+    (after checking that one more checkpoint fits, if there is training to do)."""
+    if start.step < plan.total_steps:
+        model_dir_lib.check_free_space(config.model_dir, checkpoint_bytes(start.model))
+    _write_run_file(config.model_dir, RUN_CONFIG_FILE, config.to_json())
+    _write_run_file(config.model_dir, labels.LABELS_FILE, labels.labels_json(source.label_names))
+    for name, text in (extra_files or {}).items():
+        _write_run_file(config.model_dir, name, text)
+
+
+def _write_run_file(model_dir: str, name: str, text: str) -> None:
+    path = os.path.join(model_dir, name)
+    try:
+        io.atomic_write_text(path, text)
+    except OSError as error:
+        raise TrainingError(f"Could not write {path}: {error.strerror or error}. Free space or "
+                            "fix the permissions there, then rerun the same command.") from error
+
+
+def _make_callbacks(config: TrainConfig, strategy: tf.distribute.Strategy, store: CheckpointStore,
+                    chief: bool, trained_before: float, budget: float | None) -> _Callbacks:
+    clock = callbacks_lib.TrainingClock(trained_before, budget)
+    stopper = callbacks_lib.StopOnSigterm()
     # The kill point and the stop callback run before the checkpoint callback:
     # a step is killed before its save, and the stop request of a step is seen
     # before that epoch's final save.
-    stopper = _StopOnSigterm()
-    callbacks = [_KillPoint(), stopper, clock,
-                 _CheckpointEvery(store, config.checkpoint_every, clock, config.model_dir if chief else None),
-                 logger]
+    in_order = [callbacks_lib.KillPoint(), stopper, clock,
+                callbacks_lib.CheckpointEvery(store, config.checkpoint_every, clock,
+                                              config.model_dir if chief else None),
+                callbacks_lib.ScalarLogger(os.path.join(config.model_dir, TRAIN_LOG_DIR) if chief
+                                           else None, config.log_every, config.batch_size)]
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Workers receive signals independently and would stop at different steps,
         # deadlocking the collectives: rely on resuming from the last checkpoint.
-        callbacks.remove(stopper)
-    logs = {}
-    if start_step >= total_steps:
-        logging.info("Run in %s already finished (%d steps): nothing to train.", config.model_dir, start_step)
-    elif clock.budget_reached:
+        in_order.remove(stopper)
+    return _Callbacks(clock, stopper, in_order)
+
+
+def _fit(config: TrainConfig, strategy: tf.distribute.Strategy, source: source_lib.ImageSource,
+         plan: _StepPlan, start: _Start, callbacks: _Callbacks) -> dict:
+    """Trains from the start step to the end (unless it is already reached, or the time
+    budget is spent); returns the last logs. Raises NonFiniteError naming the step
+    and the terms in their TensorBoard tags."""
+    clock = callbacks.clock
+    if start.step >= plan.total_steps:
+        logging.info("Run in %s already finished (%d steps): nothing to train.", config.model_dir,
+                     start.step)
+        return {}
+    if clock.budget_reached:
         logging.info("Run in %s has trained %.1f min, its whole --time_budget_minutes=%g: nothing "
-                     "to train.", config.model_dir, trained_before / 60, config.time_budget_minutes)
-    else:
-        try:
-            logs = _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks,
-                             stop=lambda: stopper.requested or clock.budget_reached)
-        except NonFiniteError as error:
-            logged = {m.name for m in model.metrics}
-            named = ", ".join(f"{_metric_tag(t)} ({t})" if t in logged else t for t in error.terms)
-            raise NonFiniteError(
-                f"Training stopped at step {error.step} of {total_steps}: NaN or Inf "
-                f"in {named}. No weight of that step was applied or saved; the last checkpoint "
-                f"({store.latest_checkpoint or 'none'}) is intact. Lower --learning_rate or check "
-                "the data, then rerun to resume from it.", step=error.step, terms=error.terms,
-            ) from None
-    seconds = time.perf_counter() - tick
-    end_step = _global_step(model)
-    if stopper.requested:
-        raise Preempted(
-            f"Stopped by SIGTERM at step {end_step} of {total_steps}; checkpoint "
-            f"{store.latest_checkpoint} holds it. Rerun the same command to resume."
-        )
-    if scratch:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    export_path = None
-    if config.export_dir and chief:
-        from dim_tf.serving.export import export_encoder, run_assets  # export follows training
-
-        export_path = export_encoder(model.encoder, config.export_dir,
-                                     extra_assets=run_assets(config.model_dir, end_step))
-    trained = end_step - start_step
-    result = TrainResult(
-        model_dir=config.model_dir, total_steps=total_steps, start_step=start_step,
-        end_step=end_step, seconds=seconds, trained_seconds=clock.trained_seconds(),
-        stopped_by_time_budget=clock.budget_reached and end_step < total_steps,
-        images_per_second=(trained * config.batch_size / seconds) if trained else None,
-        metrics={k: float(v) for k, v in logs.items()},
-        skipped_images=source.corrupt, export_path=export_path,
-    )
-    if chief:
-        _write_run_file(os.path.join(config.model_dir, "summary.json"),
-                        json.dumps(dataclasses.asdict(result), indent=2))
-    return result
+                     "to train.", config.model_dir, clock.trained_before / 60,
+                     config.time_budget_minutes)
+        return {}
+    try:
+        return _fit_from(start.model, strategy, source, config, plan.steps_per_epoch, start.step,
+                         callbacks.in_order,
+                         stop=lambda: callbacks.stopper.requested or clock.budget_reached)
+    except NonFiniteError as error:
+        logged = {m.name for m in start.model.metrics}
+        named = ", ".join(f"{callbacks_lib.metric_tag(t)} ({t})" if t in logged else t
+                          for t in error.terms)
+        raise NonFiniteError(
+            f"Training stopped at step {error.step} of {plan.total_steps}: NaN or Inf "
+            f"in {named}. No weight of that step was applied or saved; the last checkpoint "
+            f"({start.store.latest_checkpoint or 'none'}) is intact. Lower --learning_rate or check "
+            "the data, then rerun to resume from it.", step=error.step, terms=error.terms,
+        ) from None
 
 
 def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, callbacks,
@@ -436,7 +342,7 @@ def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, call
 
     def dataset_from(step):
         def fn(context):
-            return pipeline.training_dataset(
+            return streams.training_dataset(
                 source, global_batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
                 start_step=step, seed=config.seed, image_size=config.image_size,
                 channels=config.channels, random_crop=config.random_crop,
@@ -457,3 +363,30 @@ def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, call
                             epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                             callbacks=callbacks, verbose=config.verbose, shuffle=False).history
     return {k: v[-1] for k, v in history.items()}
+
+
+def _result(config: TrainConfig, source: source_lib.ImageSource, plan: _StepPlan, start: _Start,
+            callbacks: _Callbacks, logs: dict, chief: bool) -> TrainResult:
+    """The TrainResult (summary.json on the chief); raises Preempted after a SIGTERM."""
+    clock = callbacks.clock
+    seconds = time.perf_counter() - clock.started
+    end_step = callbacks_lib.global_step(start.model)
+    if callbacks.stopper.requested:
+        raise Preempted(
+            f"Stopped by SIGTERM at step {end_step} of {plan.total_steps}; checkpoint "
+            f"{start.store.latest_checkpoint} holds it. Rerun the same command to resume."
+        )
+    if start.scratch:
+        shutil.rmtree(start.scratch, ignore_errors=True)
+    trained = end_step - start.step
+    result = TrainResult(
+        model_dir=config.model_dir, total_steps=plan.total_steps, start_step=start.step,
+        end_step=end_step, seconds=seconds, trained_seconds=clock.trained_seconds(),
+        stopped_by_time_budget=clock.budget_reached and end_step < plan.total_steps,
+        images_per_second=(trained * config.batch_size / seconds) if trained else None,
+        metrics={k: float(v) for k, v in logs.items()},
+        skipped_images=source.corrupt, chief=chief,
+    )
+    if chief:
+        _write_run_file(config.model_dir, SUMMARY_FILE, json.dumps(result.summary(), indent=2))
+    return result

@@ -7,7 +7,8 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+from dim_tf.config import STRATEGIES
+from dim_tf.errors import ConfigError
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -21,10 +22,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     - ``tpu``: TPUStrategy on the TPU named by TPU_NAME (or the local one).
 
     Raises:
-        ValueError: unknown name, or the hardware/configuration is missing.
+        ConfigError: unknown name, or the hardware/configuration is missing.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"--strategy={name!r} is not valid. Allowed: {', '.join(STRATEGIES)}.")
+        raise ConfigError(f"--strategy={name!r} is not valid. Allowed: {', '.join(STRATEGIES)}.")
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
         if os.environ.get("TPU_NAME") or tf.config.list_physical_devices("TPU"):
@@ -38,8 +39,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster and task) on every worker.")
+            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                              "(cluster and task) on every worker.")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return _tpu_strategy()
 
@@ -50,8 +51,8 @@ def _tpu_strategy() -> tf.distribute.TPUStrategy:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError) as error:
-        raise ValueError(f"--strategy=tpu: no TPU could be reached ({error}). Set TPU_NAME or "
-                         "run on a TPU VM.") from error
+        raise ConfigError(f"--strategy=tpu: no TPU could be reached ({error}). Set TPU_NAME or "
+                          "run on a TPU VM.") from error
     return tf.distribute.TPUStrategy(resolver)
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from dim_tf.data import image_files, pipeline
+from dim_tf.data import image_files, loaders
 from tests.training.synthetic import write_image_folder
 
 
@@ -14,7 +14,7 @@ def test_listing_matches_tfds_image_folder_on_a_tree_it_reads_completely(tmp_pat
     write_image_folder(tmp_path / "clean", {"train": 12, "test": 5}, classes=3)
     builder = tfds.ImageFolder(str(tmp_path / "clean"))
     theirs = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
-    ours = pipeline.load_source(f"folder:{tmp_path / 'clean'}", "train")
+    ours = loaders.load_source(f"folder:{tmp_path / 'clean'}", "train")
     assert ours.label_names == tuple(builder.info.features["label"].names)
     assert ([(r["image/filename"], r["label"]) for r in theirs.as_numpy_iterator()]
             == [(r["name"], r["label"]) for r in ours.records.as_numpy_iterator()])

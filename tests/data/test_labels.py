@@ -5,7 +5,7 @@ import os
 import pytest
 
 from dim_tf.data import labels
-from dim_tf.data.pipeline import DataError
+from dim_tf.errors import DataError
 
 
 def _write(directory, names):

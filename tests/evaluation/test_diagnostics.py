@@ -7,18 +7,21 @@ counts are small; the thresholds were calibrated with the values noted next
 to them (deterministic given the seeds).
 """
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dim_tf.evaluation import diagnostics
 from dim_tf.evaluation.diagnostics import (
+    DiagnosticData,
     decoder_ms_ssim,
     mine_estimate,
     neural_dependency_measure,
 )
+from dim_tf.evaluation.diagnostics import decoder, mine, ndm
+from dim_tf.evaluation.diagnostics.decoder import small_image_ms_ssim
 from tests.training.synthetic import disc_images
 
 # ----------------------------------------------------------------------------
@@ -28,6 +31,25 @@ NOISE = 0.1
 # Total correlation of (y1, y1 + NOISE * e, y3, y4) with independent standard
 # normals: I(y1; y1 + NOISE * e) = 0.5 log(1 + 1 / NOISE^2) nats.
 DEPENDENT_TOTAL_CORRELATION = 0.5 * math.log(1.0 + 1.0 / NOISE**2)  # 2.31
+
+
+# The evaluators take (train, test, settings); these keep each test's arguments as
+# written and change only the named settings of the evaluator's defaults.
+def _ndm(codes_train, codes_test, **settings):
+    return neural_dependency_measure(DiagnosticData(codes_train), DiagnosticData(codes_test),
+                                     dataclasses.replace(ndm.DEFAULTS, **settings))
+
+
+def _mine(images_train, codes_train, images_test, codes_test, **settings):
+    return mine_estimate(DiagnosticData(codes_train, images_train),
+                         DiagnosticData(codes_test, images_test),
+                         dataclasses.replace(mine.DEFAULTS, **settings))
+
+
+def _decoder(codes_train, images_train, codes_test, images_test, **settings):
+    return decoder_ms_ssim(DiagnosticData(codes_train, images_train),
+                           DiagnosticData(codes_test, images_test),
+                           dataclasses.replace(decoder.DEFAULTS, **settings))
 
 
 def _gaussian_codes(n, seed, dependent):
@@ -40,14 +62,14 @@ def _gaussian_codes(n, seed, dependent):
 
 
 def test_ndm_near_zero_for_independent_dimensions():
-    value = neural_dependency_measure(
+    value = _ndm(
         _gaussian_codes(2048, 0, False), _gaussian_codes(1024, 1, False), steps=200
     )
     assert abs(value) < 0.05, value  # measured -0.005
 
 
 def test_ndm_large_for_dependent_dimensions_and_below_the_true_value():
-    value = neural_dependency_measure(
+    value = _ndm(
         _gaussian_codes(2048, 0, True), _gaussian_codes(1024, 1, True), steps=200
     )
     # Measured 1.46; a held-out DV estimate is a lower bound up to sampling noise.
@@ -56,9 +78,9 @@ def test_ndm_large_for_dependent_dimensions_and_below_the_true_value():
 
 def test_ndm_is_deterministic_given_seed():
     train, test = _gaussian_codes(512, 0, True), _gaussian_codes(256, 1, True)
-    first = neural_dependency_measure(train, test, steps=20, seed=3)
-    again = neural_dependency_measure(train, test, steps=20, seed=3)
-    other = neural_dependency_measure(train, test, steps=20, seed=4)
+    first = _ndm(train, test, steps=20, seed=3)
+    again = _ndm(train, test, steps=20, seed=3)
+    other = _ndm(train, test, steps=20, seed=4)
     # Multi-threaded float reductions may differ in the last digits between runs on a
     # busy machine; another seed moves the estimate by about 10%.
     assert first == pytest.approx(again, rel=1e-4)
@@ -86,7 +108,7 @@ def mine_images():
 
 def test_mine_high_when_codes_are_a_function_of_the_images(mine_images):
     images_train, images_test = mine_images
-    value = mine_estimate(
+    value = _mine(
         images_train, _blur_projection_codes(images_train),
         images_test, _blur_projection_codes(images_test), steps=50,
     )
@@ -96,7 +118,7 @@ def test_mine_high_when_codes_are_a_function_of_the_images(mine_images):
 def test_mine_near_zero_when_codes_are_independent_noise(mine_images):
     images_train, images_test = mine_images
     rng = np.random.default_rng(5)
-    value = mine_estimate(
+    value = _mine(
         images_train, rng.normal(size=(len(images_train), 16)),
         images_test, rng.normal(size=(len(images_test), 16)), steps=50,
     )
@@ -128,7 +150,7 @@ def field_images():
 
 def test_decoder_ms_ssim_high_when_codes_determine_the_images(field_images):
     (images_train, codes_train), (images_test, codes_test) = field_images
-    value = decoder_ms_ssim(codes_train, images_train, codes_test, images_test,
+    value = _decoder(codes_train, images_train, codes_test, images_test,
                             steps=100, batch_size=32)
     assert 0.8 < value <= 1.0, value  # measured 0.97
 
@@ -136,7 +158,7 @@ def test_decoder_ms_ssim_high_when_codes_determine_the_images(field_images):
 def test_decoder_ms_ssim_low_when_codes_are_noise(field_images):
     (images_train, _), (images_test, _) = field_images
     rng = np.random.default_rng(3)
-    value = decoder_ms_ssim(rng.normal(size=(len(images_train), 8)), images_train,
+    value = _decoder(rng.normal(size=(len(images_train), 8)), images_train,
                             rng.normal(size=(len(images_test), 8)), images_test,
                             steps=100, batch_size=32)
     assert 0.0 <= value < 0.2, value  # measured 0.03
@@ -152,15 +174,15 @@ def test_decoder_ms_ssim_on_64x64_grey_images(determined, low, high):
     if not determined:
         rng = np.random.default_rng(3)
         codes_train, codes_test = rng.normal(size=codes_train.shape), rng.normal(size=codes_test.shape)
-    value = decoder_ms_ssim(codes_train, images_train, codes_test, images_test,
+    value = _decoder(codes_train, images_train, codes_test, images_test,
                             steps=40, batch_size=16)
     assert low <= value < high, value
 
 
 def test_ms_ssim_is_one_for_identical_images_and_low_for_inverted_ones():
     images, _ = _smooth_field_images(4, seed=0)
-    same = diagnostics._small_image_ms_ssim(images, images).numpy()
-    inverted = diagnostics._small_image_ms_ssim(-images, images).numpy()
+    same = small_image_ms_ssim(images, images).numpy()
+    inverted = small_image_ms_ssim(-images, images).numpy()
     np.testing.assert_allclose(same, 1.0, atol=1e-5)
     assert np.all(inverted < 0.1), inverted
 
@@ -174,7 +196,7 @@ def test_ms_ssim_of_a_known_perturbation_is_3_scale_ms_ssim_with_a_3x3_window():
     for perturbed in (noisy, blurred):
         expected = tf.image.ssim_multiscale((perturbed + 1) / 2, (images + 1) / 2, max_val=1.0,
                                             power_factors=weights / weights.sum(), filter_size=3)
-        actual = diagnostics._small_image_ms_ssim(perturbed, images).numpy()
+        actual = small_image_ms_ssim(perturbed, images).numpy()
         np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-5)
         assert np.all((0.05 < actual) & (actual < 0.99)), actual  # neither identical nor unrelated
 
@@ -195,33 +217,33 @@ def _with_nan(array):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: neural_dependency_measure(_CODES[:, :1], _CODES[:, :1], batch_size=8),
+        (lambda: _ndm(_CODES[:, :1], _CODES[:, :1], batch_size=8),
          "at least 2"),
-        (lambda: neural_dependency_measure(_CODES, _CODES[:16], batch_size=32),
+        (lambda: _ndm(_CODES, _CODES[:16], batch_size=32),
          "codes_test has 16 rows, fewer than batch_size=32"),
-        (lambda: neural_dependency_measure(_with_nan(_CODES), _CODES, batch_size=8),
+        (lambda: _ndm(_with_nan(_CODES), _CODES, batch_size=8),
          "codes_train contains 1 NaN"),
-        (lambda: neural_dependency_measure(_CODES, _CODES[:, :3], batch_size=8),
+        (lambda: _ndm(_CODES, _CODES[:, :3], batch_size=8),
          "same shape"),
-        (lambda: neural_dependency_measure(_CODES[0], _CODES, batch_size=8),
+        (lambda: _ndm(_CODES[0], _CODES, batch_size=8),
          r"codes_train must have shape \[N, D\]"),
-        (lambda: neural_dependency_measure(_CODES, _CODES, steps=0), "steps"),
-        (lambda: neural_dependency_measure(_CODES, _CODES, batch_size=1), "batch_size"),
-        (lambda: neural_dependency_measure(_CODES, _CODES, batch_size=8, learning_rate=0.0),
+        (lambda: _ndm(_CODES, _CODES, steps=0), "steps"),
+        (lambda: _ndm(_CODES, _CODES, batch_size=1), "batch_size"),
+        (lambda: _ndm(_CODES, _CODES, batch_size=8, learning_rate=0.0),
          "learning_rate"),
-        (lambda: mine_estimate(_IMAGES, _CODES[:60], _IMAGES, _CODES, batch_size=8),
+        (lambda: _mine(_IMAGES, _CODES[:60], _IMAGES, _CODES, batch_size=8),
          "images_train and codes_train must pair row for row"),
-        (lambda: mine_estimate((_IMAGES + 1) * 127.5, _CODES, _IMAGES, _CODES, batch_size=8),
+        (lambda: _mine((_IMAGES + 1) * 127.5, _CODES, _IMAGES, _CODES, batch_size=8),
          r"images_train must be scaled to \[-1, 1\]"),
-        (lambda: mine_estimate(_IMAGES[..., 0], _CODES, _IMAGES, _CODES, batch_size=8),
+        (lambda: _mine(_IMAGES[..., 0], _CODES, _IMAGES, _CODES, batch_size=8),
          r"images_train must have shape \[N, H, W, C\]"),
-        (lambda: mine_estimate(_IMAGES, _CODES, _IMAGES[:4], _CODES[:4], batch_size=8),
+        (lambda: _mine(_IMAGES, _CODES, _IMAGES[:4], _CODES[:4], batch_size=8),
          "codes_test has 4 rows"),
-        (lambda: decoder_ms_ssim(_CODES, _IMAGES[:, :24, :24], _CODES, _IMAGES[:, :24, :24],
+        (lambda: _decoder(_CODES, _IMAGES[:, :24, :24], _CODES, _IMAGES[:, :24, :24],
                                  batch_size=8), "32x32 or 64x64"),
-        (lambda: decoder_ms_ssim(_CODES, _IMAGES[..., :2], _CODES, _IMAGES[..., :2],
+        (lambda: _decoder(_CODES, _IMAGES[..., :2], _CODES, _IMAGES[..., :2],
                                  batch_size=8), "1 or 3 channels"),
-        (lambda: decoder_ms_ssim(_CODES, _IMAGES, _with_nan(_CODES), _IMAGES, batch_size=8),
+        (lambda: _decoder(_CODES, _IMAGES, _with_nan(_CODES), _IMAGES, batch_size=8),
          "codes_test contains 1 NaN"),
     ],
 )

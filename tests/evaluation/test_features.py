@@ -69,6 +69,7 @@ def _cached_test_features(report_dir, names) -> list[np.ndarray]:
     return found
 
 
+@pytest.mark.e2e
 def test_retraining_to_the_same_checkpoint_path_re_encodes(tmp_path, count_encodes):
     write_image_folder(tmp_path / "images", {"train": 32, "test": 16})
     dataset, run, report = f"folder:{tmp_path / 'images'}", tmp_path / "run", tmp_path / "report"
@@ -82,13 +83,13 @@ def test_retraining_to_the_same_checkpoint_path_re_encodes(tmp_path, count_encod
     again = _evaluate(report, model_dir=str(run))
     assert len(count_encodes) == 2, "an unchanged checkpoint was encoded again"
     assert _cache(report) == cache
-    assert again["probes"] == first["probes"]
+    assert again.probes == first.probes
 
     # Retrained from scratch into the same directory, to the same ckpt-4, with other weights.
     _train(dataset, run, "--seed=1", "--start_over")
     retrained = _evaluate(report, model_dir=str(run))
-    assert retrained["settings"]["checkpoint"] == first["settings"]["checkpoint"]
-    assert first["settings"]["checkpoint"].endswith("ckpt-4")
+    assert retrained.settings["checkpoint"] == first.settings["checkpoint"]
+    assert first.settings["checkpoint"].endswith("ckpt-4")
     assert len(count_encodes) == 4, (
         "the retrained checkpoint's features came from the old checkpoint's cache")
     new_files = set(_cache(report)) - set(cache)

@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dim_tf.evaluation.report import PAPER_ROW, paper_reference, write_report
+from dim_tf.evaluation.markdown import PAPER_ROW
+from dim_tf.evaluation.paper import paper_reference
+from dim_tf.evaluation.report import write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",

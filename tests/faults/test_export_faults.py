@@ -19,10 +19,14 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from dim_tf.errors import ExportBusyError, VersionExistsError
 from dim_tf.faults import KILL_AT_VARIABLE
 from dim_tf.models.encoders import build_encoder
 from dim_tf.serving import versions
 from dim_tf.serving.export import WARMUP_FILE, export_encoder
+
+# End to end: subprocesses of the command lines (pytest.ini).
+pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = "marker.txt"  # which export a version came from ("old", "new", "next", "ours")
@@ -197,7 +201,7 @@ def test_racing_exports_get_different_complete_versions(tmp_path, encoder, compl
 def test_live_exporter_keeps_its_staging_and_makes_others_wait(tmp_path, encoder):
     export_dir = str(tmp_path / "model")
     with versions.reserve_version(export_dir) as live:
-        with pytest.raises(TimeoutError, match="Another export into .* has held its lock"):
+        with pytest.raises(ExportBusyError, match="Another export into .* has held its lock"):
             export_encoder(encoder, export_dir, lock_timeout=0.2)
         assert os.path.isdir(live.staging)  # a live exporter's staging is never removed
     assert not os.path.exists(live.staging)  # it removes its own when done
@@ -212,7 +216,7 @@ def test_publishing_never_replaces_a_directory_that_appeared(tmp_path):
     with versions.reserve_version(export_dir) as slot:
         Path(slot.staging, "saved_model.pb").write_bytes(b"x")
         os.mkdir(slot.path)  # e.g. made by hand, or by a tool that ignores the lock
-        with pytest.raises(FileExistsError, match="appeared while exporting"):
+        with pytest.raises(VersionExistsError, match="appeared while exporting"):
             slot.publish()
     assert os.listdir(os.path.join(export_dir, "1")) == []
 

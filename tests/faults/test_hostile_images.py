@@ -18,7 +18,9 @@ import pytest
 import tensorflow as tf
 
 from dim_tf.config import EvalConfig, TrainConfig
-from dim_tf.data import image_files, labels, pipeline
+from dim_tf.data import image_files, labels, loaders, preprocessing
+from dim_tf.data import source as source_lib
+from dim_tf.errors import DataError
 from tests.faults.image_corpus import (CLASSES, SYSTEM_FILES, TEST_ONLY_CLASS, Decodes, Reported,
                                        write_corpus)
 
@@ -46,19 +48,19 @@ def _tiny_config(tmp_path, dataset, **overrides):
 
 def test_every_file_is_decoded_to_its_colours_or_reported_with_its_reason(corpus):
     root, expected = corpus
-    source = pipeline.load_source(f"folder:{root}", "train")
-    bad = {b.path: b.reason for b in pipeline.find_bad_images(source, 3)}
+    source = loaders.load_source(f"folder:{root}", "train")
+    bad = {b.path: b.reason for b in source_lib.find_bad_images(source, 3)}
     reported = {path: e.reason for path, e in expected.items() if isinstance(e, Reported)}
     assert set(bad) == set(reported)
     for path, phrase in reported.items():
         assert phrase in bad[path], (path, bad[path])
 
-    usable = pipeline.without_corrupt(source, tuple(bad))
+    usable = source_lib.without_corrupt(source, tuple(bad))
     decoded = {}
     for record in usable.records.as_numpy_iterator():
         name = os.fsdecode(record["name"])
-        decoded[name] = (pipeline.decode_image(record["image"], 3).numpy(),
-                         pipeline.decode_image(record["image"], 1).numpy())
+        decoded[name] = (preprocessing.decode_image(record["image"], 3).numpy(),
+                         preprocessing.decode_image(record["image"], 1).numpy())
     assert set(decoded) == {p for p, e in expected.items() if isinstance(e, Decodes)}
     assert usable.num_examples == len(decoded)
     for path, (rgb, gray) in decoded.items():
@@ -74,14 +76,14 @@ def test_every_file_is_decoded_to_its_colours_or_reported_with_its_reason(corpus
 
 def test_system_files_are_never_classes_nor_images(corpus):
     root, _ = corpus
-    source = pipeline.load_source(f"folder:{root}", "train")
+    source = loaders.load_source(f"folder:{root}", "train")
     # The class list: label folders of both splits, sorted, hidden folders left out.
     assert source.label_names == tuple(sorted((*CLASSES, TEST_ONLY_CLASS)))
     names = {os.fsdecode(n) for n in source.records.map(lambda r: r["name"]).as_numpy_iterator()}
     seen = names | {b.path for b in source.rejected}
     for relative in SYSTEM_FILES:
         assert not any(p.startswith(os.path.join(root, relative)) for p in seen), relative
-    assert pipeline.load_source(f"folder:{root}", "test").num_examples == len(CLASSES) + 1
+    assert loaders.load_source(f"folder:{root}", "test").num_examples == len(CLASSES) + 1
     assert image_files.split_names(root) == ["test", "train"]
 
 
@@ -90,12 +92,13 @@ def test_flat_and_one_pixel_images_scale_without_nan():
         for shape in ((1, 1, 3), (36, 40, 3)):
             image = tf.constant(np.full(shape, value, np.uint8))
             for crop in (False, True):
-                out = pipeline.preprocess(image, 32, random_crop=crop, random_flip=crop,
+                out = preprocessing.preprocess(image, 32, random_crop=crop, random_flip=crop,
                                           seed=tf.constant([1, 2]))
                 assert out.shape == (32, 32, 3)
                 np.testing.assert_allclose(out, value / 127.5 - 1.0, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_a_huge_image_is_refused_from_its_header_without_decoding(corpus):
     root, _ = corpus
     huge = os.path.join(root, "train", "cats", "huge.png")  # 8100 x 8000: 65 MB if decoded
@@ -120,7 +123,7 @@ def test_first_bad_file_stops_training_before_it_starts(corpus, tmp_path):
     config = _tiny_config(tmp_path, f"folder:{root}")
     from dim_tf.training.run import train
 
-    with pytest.raises(pipeline.DataError) as error:
+    with pytest.raises(DataError) as error:
         train(config)
     message = str(error.value)
     first = min(p for p, e in expected.items() if isinstance(e, Reported))
@@ -130,6 +133,7 @@ def test_first_bad_file_stops_training_before_it_starts(corpus, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_skip_corrupt_logs_each_file_and_trains_on_the_rest(corpus, tmp_path):
     root, expected = corpus
     model_dir = tmp_path / "run"
@@ -156,7 +160,7 @@ def test_skip_corrupt_logs_each_file_and_trains_on_the_rest(corpus, tmp_path):
     try:
         from dim_tf.training.run import train
 
-        with pytest.raises(pipeline.DataError, match=r"added \['zebras'\].*Label indices would change"):
+        with pytest.raises(DataError, match=r"added \['zebras'\].*Label indices would change"):
             train(_tiny_config(tmp_path, f"folder:{root}", skip_corrupt=True))
     finally:
         os.rmdir(os.path.join(root, "train", "zebras"))
@@ -181,29 +185,29 @@ def test_single_class_of_flat_images_trains_and_probes_refuse_clearly(tmp_path):
 
     report = evaluate(EvalConfig(model_dir=str(tmp_path / "run"), layers=("y",), diagnostics=False,
                                  batch_size=4), progress=False)
-    assert report["probes"]["skipped"].startswith("the data has a single class: classification "
+    assert report.probes["skipped"].startswith("the data has a single class: classification "
                                                   "probes need labels of at least 2 classes")
 
 
 def test_empty_missing_and_all_bad_datasets_say_what_is_wrong(tmp_path):
     os.makedirs(tmp_path / "empty" / "train" / "cats")
-    source = pipeline.load_source(f"folder:{tmp_path / 'empty'}", "train")
-    with pytest.raises(pipeline.DataError, match="split 'train' has no images: expected image files"):
-        pipeline.usable_images(source, 3, skip_bad=False)
-    with pytest.raises(pipeline.DataError, match=r"has no split 'test'; it has: train\. Layout"):
-        pipeline.load_source(f"folder:{tmp_path / 'empty'}", "test")
+    source = loaders.load_source(f"folder:{tmp_path / 'empty'}", "train")
+    with pytest.raises(DataError, match="split 'train' has no images: expected image files"):
+        source_lib.usable_images(source, 3, skip_bad=False)
+    with pytest.raises(DataError, match=r"has no split 'test'; it has: train\. Layout"):
+        loaders.load_source(f"folder:{tmp_path / 'empty'}", "test")
 
     os.makedirs(tmp_path / "flat_layout" / "cats")  # label folders without a split folder
     (tmp_path / "flat_layout" / "cats" / "a.png").write_bytes(b"\x89PNG")
-    with pytest.raises(pipeline.DataError, match="look like label folders: put them in a split folder"):
-        pipeline.load_source(f"folder:{tmp_path / 'flat_layout'}", "train")
+    with pytest.raises(DataError, match="look like label folders: put them in a split folder"):
+        loaders.load_source(f"folder:{tmp_path / 'flat_layout'}", "train")
 
     bad_dir = tmp_path / "bad" / "train" / "cats"
     os.makedirs(bad_dir)
     (bad_dir / "a.jpg").write_bytes(b"")
     (bad_dir / "b.jpg").write_text("not a picture")
-    source = pipeline.load_source(f"folder:{tmp_path / 'bad'}", "train")
-    with pytest.raises(pipeline.DataError, match=r"(?s)2 of 2 file\(s\).*a.jpg: zero bytes"):
-        pipeline.usable_images(source, 3, skip_bad=False)
-    with pytest.raises(pipeline.DataError, match=r"no usable images: all 2 file\(s\) were skipped"):
-        pipeline.usable_images(source, 3, skip_bad=True)
+    source = loaders.load_source(f"folder:{tmp_path / 'bad'}", "train")
+    with pytest.raises(DataError, match=r"(?s)2 of 2 file\(s\).*a.jpg: zero bytes"):
+        source_lib.usable_images(source, 3, skip_bad=False)
+    with pytest.raises(DataError, match=r"no usable images: all 2 file\(s\) were skipped"):
+        source_lib.usable_images(source, 3, skip_bad=True)

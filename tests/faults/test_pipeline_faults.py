@@ -18,6 +18,9 @@ import pytest
 from tests.pipelines.conftest import (  # noqa: F401 (image_tree is a fixture)
     REPO_ROOT, image_tree, pipeline_flags, run_cli, versions)
 
+# End to end: subprocesses of the command lines (pytest.ini).
+pytestmark = pytest.mark.e2e
+
 STAGES = ("ingest", "train", "evaluate", "push")
 
 

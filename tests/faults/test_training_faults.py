@@ -25,6 +25,9 @@ from dim_tf.faults import KILL_AT_VARIABLE
 from tests.ports import free_ports
 from tests.training.synthetic import write_image_folder
 
+# End to end: subprocesses of the command lines (pytest.ini).
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # 32 images / batch 8 = 4 steps per epoch, 3 epochs
 # Labelled (two classes): the online monitor and its dropout train too; random

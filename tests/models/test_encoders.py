@@ -134,7 +134,8 @@ def test_gradients_reach_every_crop_of_a_folded_encoder(name, feature):
 def test_folded_encoder_survives_keras_and_saved_model_round_trips(tmp_path):
     """The crop and fold layers serialise: a .keras file and the TF Serving export
     both give back the in-memory encoder's outputs."""
-    from dim_tf.serving.export import NORMALIZED_SIGNATURE, export_encoder
+    from dim_tf.config import NORMALIZED_SIGNATURE
+    from dim_tf.serving.export import export_encoder
 
     encoder = build_encoder("foldbasic32x32", sync_batch_norm=False)
     rng = np.random.default_rng(2)

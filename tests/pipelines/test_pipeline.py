@@ -7,6 +7,9 @@ import pytest
 
 from tests.pipelines.conftest import parameters, pipeline_flags, run_cli, versions
 
+# End to end: subprocesses of the command lines (pytest.ini).
+pytestmark = pytest.mark.e2e
+
 STAGES = ("ingest", "train", "evaluate", "push")
 
 
@@ -126,12 +129,24 @@ def test_a_failing_stage_leaves_the_store_consistent_and_the_next_run_resumes(
     assert _statuses(root)[-2:] == [("evaluate", "complete"), ("push", "complete")]
 
 
+def test_the_command_lists_its_flags_and_refuses_an_unknown_stage():
+    usage = run_cli("pipelines.run", "--help", check=False).stdout
+    for flag in ("--pipeline_root", "--only", "--force", "--blessing_metric", "--encoder",
+                 "--eval_probes"):
+        assert f"  {flag}:" in usage, flag
+    assert "Weight of the local MI objective." in usage  # help text from TrainConfig
+    bogus = run_cli("pipelines.run", "--only=bogus", "--pipeline_root=unused", check=False)
+    assert bogus.returncode == 2
+    assert "ingest|train|evaluate|push" in bogus.stderr
+    assert run_cli("pipelines.run", check=False).returncode == 2  # no --pipeline_root
+
+
 def test_each_stage_runs_alone_from_the_command_line(image_tree, tmp_path):
     root = tmp_path / "root"
     flags = pipeline_flags(image_tree, root)
-    early = run_cli("pipelines.train", *flags, check=False)
+    early = run_cli("pipelines.run", "--only=train", *flags, check=False)
     assert early.returncode == 2
-    assert "python -m pipelines.ingest" in early.stderr
+    assert "python -m pipelines.run --only=ingest" in early.stderr
     for bad, message in (("--encoder=nope", "--encoder='nope' is not valid"),
                          ("--blessing_metric=knn/fc", "--blessing_metric=knn/fc: not evaluated"),
                          ("--force=trian", "--force=trian: not a stage")):
@@ -140,10 +155,10 @@ def test_each_stage_runs_alone_from_the_command_line(image_tree, tmp_path):
     assert not os.path.exists(root / "ingest")
 
     for stage in STAGES:
-        output = run_cli(f"pipelines.{stage}", *flags).stdout
+        output = run_cli("pipelines.run", f"--only={stage}", *flags).stdout
         assert f"{stage}: execution" in output and "cached" not in output
     assert "blessed: yes" in output
-    again = run_cli("pipelines.evaluate", *flags).stdout
+    again = run_cli("pipelines.run", "--only=evaluate", *flags).stdout
     assert "cached" in again
     assert [s for s, status in _statuses(root)] == ["ingest", "train", "evaluate", "push", "evaluate"]
     whole = run_cli("pipelines.run", *flags).stdout
@@ -167,7 +182,7 @@ def test_kubeflow_compilation_names_all_four_stages(tmp_path):
     for stage in STAGES:
         container = executors[f"exec-dim-{stage}"]["container"]
         assert container["image"] == "example.com/dim-tf:test"
-        assert container["command"] == ["python", "-m", f"pipelines.{stage}"]
+        assert container["command"] == ["python", "-m", "pipelines.run", f"--only={stage}"]
     assert executors["exec-dim-train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert {name: m["pvcMount"][0]["constant"] for name, m in mounts.items()} == {

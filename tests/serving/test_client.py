@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dim_tf.errors import DataError, ServingError
 from dim_tf.models.encoders import build_encoder
 from dim_tf.serving import client
 from dim_tf.serving.export import export_encoder
@@ -66,8 +67,45 @@ def test_embedding_decodes_what_training_decodes_and_names_bad_files(exported, t
     np.testing.assert_allclose(features[1], features[2], atol=1e-4)
 
     (tmp_path / "d.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="d.png: zero bytes"):
+    with pytest.raises(DataError, match="d.png: zero bytes"):
         client.embed_folder(client.InProcessBackend(path), str(tmp_path), progress=False)
+
+
+def test_images_are_found_by_content_and_system_files_are_skipped(tmp_path):
+    """The training data's rules: any name, checked by content; clutter never counts."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo_without_extension", "PNG")
+    (tmp_path / "sub").mkdir()
+    Image.new("L", (5, 5)).save(tmp_path / "sub" / "gray.jpg")
+    for clutter in (".DS_Store", "._gray.jpg", "Thumbs.db", "desktop.ini", "photo.png~"):
+        (tmp_path / clutter).write_bytes(b"\x00\x01 not an image")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "notes.txt").write_text("not an image")
+    found = [Path(p).relative_to(tmp_path).as_posix() for p in client.list_images(str(tmp_path))]
+    assert found == ["photo_without_extension", "sub/gray.jpg"]
+
+    (tmp_path / "notes.txt").write_text("not an image either")
+    with pytest.raises(DataError, match="notes.txt: not an image"):
+        client.list_images(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No images under"):
+        client.list_images(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="does not exist"):
+        client.list_images(str(tmp_path / "missing"))
+
+
+def test_unreachable_server_and_missing_model_are_serving_errors(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = client.RestBackend(f"127.0.0.1:{port}", "dim", timeout=5)
+    with pytest.raises(ServingError, match="Cannot reach TF Serving at http://127.0.0.1"):
+        backend.predict(np.zeros((1, 32, 32, 3), np.uint8), "y")
+    with pytest.raises(ServingError, match="No saved_model.pb"):
+        client.InProcessBackend(str(tmp_path))
 
 
 class _FakeRestServing(BaseHTTPRequestHandler):
@@ -170,7 +208,7 @@ def test_grpc_client_handles_messages_over_4mb(exported):
         conv = backend.predict(many, "conv")
         assert conv.nbytes > 4 * 1024 * 1024
         np.testing.assert_allclose(conv, signature(images=many)["conv"].numpy(), atol=1e-5)
-        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED to a request of 50700"):
+        with pytest.raises(ServingError, match="RESOURCE_EXHAUSTED to a request of 50700"):
             backend.predict(huge, "y")
     with _GrpcServing(path, max_receive=2**31 - 1) as serving:
         y = client.GrpcBackend(serving.address, "dim").predict(huge, "y")
@@ -186,6 +224,7 @@ def test_request_chunks_stay_under_the_limit_and_keep_order():
     assert [c.shape for c in client.request_chunks(images[:0], max_bytes=100)] == [(0, 4, 4, 3)]
 
 
+@pytest.mark.e2e
 def test_embed_command_writes_npy_and_file_list(exported, tmp_path):
     path, folder = exported
     out = tmp_path / "emb.npy"
@@ -198,4 +237,4 @@ def test_embed_command_writes_npy_and_file_list(exported, tmp_path):
     assert len((tmp_path / "emb.npy.files.txt").read_text().split()) == 12
     bad = subprocess.run([sys.executable, "-m", "dim_tf.embed", f"--images={folder}",
                           f"--output={out}"], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "exactly one of --saved_model" in bad.stderr
+    assert bad.returncode == 2 and "exactly one of --saved_model" in bad.stderr

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dim_tf.data.pipeline import resize_to, scale_to_unit_range
+from dim_tf.data.preprocessing import resize_to, scale_to_unit_range
+from dim_tf.errors import DamagedRunFileError, VersionExistsError
 from dim_tf.models.encoders import build_encoder
 from dim_tf.serving.export import export_encoder, run_assets
 from dim_tf.serving.versions import LOCK_FILE, next_version
@@ -128,6 +129,7 @@ def test_wrong_inputs_fail_with_what_was_expected(fresh_process):
         assert message in error, (name, error)
 
 
+@pytest.mark.e2e
 def test_saved_model_cli_lists_named_signature(tmp_path, trained_like_encoder):
     path = export_encoder(trained_like_encoder, str(tmp_path / "model"))
     cli = Path(sys.executable).with_name("saved_model_cli")
@@ -149,7 +151,7 @@ def test_versions_are_numbered_and_never_silently_overwritten(tmp_path, trained_
     first = export_encoder(trained_like_encoder, base)
     second = export_encoder(trained_like_encoder, base)
     assert (Path(first).name, Path(second).name) == ("1", "2")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(VersionExistsError, match="--overwrite"):
         export_encoder(trained_like_encoder, base, version=2)
     stamp = Path(second, "saved_model.pb").stat().st_mtime_ns
     export_encoder(trained_like_encoder, base, version=2, overwrite=True)
@@ -169,6 +171,7 @@ def test_failed_export_leaves_no_partial_version(tmp_path, trained_like_encoder,
     assert os.listdir(tmp_path / "model") == [LOCK_FILE]
 
 
+@pytest.mark.e2e
 def test_export_command_from_a_training_run(tmp_path):
     from tests.training.synthetic import write_image_folder
 
@@ -195,12 +198,24 @@ def test_export_command_from_a_training_run(tmp_path):
         [sys.executable, "-m", "dim_tf.export", f"--model_dir={tmp_path / 'run'}",
          f"--export_dir={tmp_path / 'saved'}", "--version=1"], cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=300)
-    assert again.returncode != 0 and "--overwrite" in again.stderr
+    assert again.returncode == 2 and "--overwrite" in again.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "dim_tf.export", f"--model_dir={tmp_path / 'nothing'}",
          f"--export_dir={tmp_path / 'saved'}"], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=300)
-    assert missing.returncode != 0 and "config.json not found" in missing.stderr
+    assert missing.returncode == 2 and "config.json not found" in missing.stderr
+
+
+@pytest.mark.e2e
+def test_export_command_refuses_bad_flags_with_status_2(tmp_path):
+    for flags, message in (([f"--export_dir={tmp_path}"], "--model_dir is required"),
+                           ([f"--model_dir={tmp_path}", f"--export_dir={tmp_path}", "--version=0"],
+                            "--version must be an integer >= 1"),
+                           ([f"--model_dir={tmp_path}", "--export_dir"], "--export_dir")):
+        result = subprocess.run([sys.executable, "-m", "dim_tf.export", *flags], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr, (flags, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
 
 
 def test_run_assets_carry_the_class_list_unchanged(tmp_path):
@@ -208,7 +223,7 @@ def test_run_assets_carry_the_class_list_unchanged(tmp_path):
     (tmp_path / "labels.json").write_text(labels)
     assert run_assets(str(tmp_path), step=5)["labels.json"] == labels
     (tmp_path / "labels.json").write_text('["airplane", "autom')  # damaged
-    with pytest.raises(ValueError, match="labels.json is not valid JSON"):
+    with pytest.raises(DamagedRunFileError, match="labels.json is not valid JSON"):
         run_assets(str(tmp_path), step=5)
     (tmp_path / "labels.json").unlink()
     assert "labels.json" not in run_assets(str(tmp_path), step=5)

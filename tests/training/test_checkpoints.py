@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from dim_tf import DeepInfoMax, build_encoder, restore_latest, training_checkpoint
 from dim_tf.training.checkpoints import CheckpointStore, remove_leftovers
-from dim_tf.training.errors import CheckpointError
+from dim_tf.errors import CheckpointError
 from tests.training.synthetic import disc_images
 
 
@@ -90,10 +90,10 @@ def test_leftovers_of_killed_saves_are_removed_and_complete_checkpoints_kept(tmp
     (tmp_path / ".saving-ckpt-4-123" / "ckpt-4.index").write_bytes(b"x")
     (tmp_path / "ckpt-4.data-00000-of-00001").write_bytes(b"partial")
     (tmp_path / "ckpt-6_temp").mkdir()
-    (tmp_path / "checkpoint.tmp-99").write_text("partial")
+    (tmp_path / "checkpoint.tmp-99-0123abcd").write_text("partial")  # dim_tf.io's temporary name
     removed = remove_leftovers(str(tmp_path))
     assert sorted(os.path.basename(p) for p in removed) == [
-        ".saving-ckpt-4-123", "checkpoint.tmp-99", "ckpt-4.data-00000-of-00001", "ckpt-6_temp"]
+        ".saving-ckpt-4-123", "checkpoint.tmp-99-0123abcd", "ckpt-4.data-00000-of-00001", "ckpt-6_temp"]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
 
 

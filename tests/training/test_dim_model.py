@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from dim_tf import DeepInfoMax, build_encoder
-from dim_tf.training.errors import NonFiniteError
+from dim_tf.errors import NonFiniteError
 from tests.training.synthetic import disc_images
 
 
@@ -160,7 +160,7 @@ def test_other_errors_are_not_taken_for_non_finite_steps():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"estimator": "mine"}, "Valid estimators"),
+        ({"estimator": "mine"}, "is not valid. Allowed: jsd, dv, nce"),
         ({"alpha": 0.0, "beta": 0.0}, "alpha and beta are both 0"),
         ({"gamma": -1.0}, "gamma must be"),
         ({"local_critic": "bilinear"}, "local_critic must be one of"),

@@ -5,9 +5,8 @@ import os
 
 import pytest
 
-from dim_tf.config import ConfigError
+from dim_tf.errors import ConfigError, ModelDirBusy
 from dim_tf.training import model_dir as model_dir_lib
-from dim_tf.training.errors import ModelDirBusy
 
 
 def test_second_lock_is_refused_naming_the_holder_then_released(tmp_path):
@@ -53,7 +52,8 @@ def test_too_little_space_for_one_checkpoint_is_refused(tmp_path):
 
 
 def test_leftover_temporary_files_are_removed(tmp_path):
-    (tmp_path / "config.json.tmp-123").write_text("partial")
+    (tmp_path / "config.json.tmp-123-0123abcd").write_text("partial")  # dim_tf.io's temporary name
     (tmp_path / "config.json").write_text("{}")
-    assert model_dir_lib.remove_leftovers(str(tmp_path)) == [str(tmp_path / "config.json.tmp-123")]
+    assert model_dir_lib.remove_leftovers(str(tmp_path)) == [
+        str(tmp_path / "config.json.tmp-123-0123abcd")]
     assert os.listdir(tmp_path) == ["config.json"]

@@ -16,7 +16,7 @@ from keras import layers
 from dim_tf import DeepInfoMax, build_encoder
 from dim_tf.config import ESTIMATORS, LOCAL_CRITICS
 from dim_tf.models.normalization import BatchNormalization
-from dim_tf.training.errors import NonFiniteError
+from dim_tf.errors import NonFiniteError
 from tests.training.synthetic import disc_images
 
 POLICIES = ("float32", "mixed_bfloat16")

@@ -1,0 +1,58 @@
+"""The training run's callbacks on their own: tags, the time budget, SIGTERM.
+
+The run uses them end to end in tests/test_train_cli.py and
+tests/faults/test_training_faults.py.
+"""
+
+import os
+import signal
+
+import keras
+
+from dim_tf.training.callbacks import StopOnSigterm, TrainingClock, metric_tag
+
+
+def _fitting_model():
+    model = keras.Sequential()
+    model.stop_training = False  # as `fit` sets it
+    return model
+
+
+def test_metric_tags_group_the_training_logs():
+    names = ("loss", "local_loss", "global_loss", "local_mi", "global_mi", "prior_loss",
+             "prior_disc_loss", "prior_disc_accuracy", "monitor_y_accuracy")
+    assert {name: metric_tag(name) for name in names} == {
+        "loss": "loss/total", "local_loss": "loss/local", "global_loss": "loss/global",
+        "local_mi": "mi/local", "global_mi": "mi/global", "prior_loss": "prior/loss",
+        "prior_disc_loss": "prior/disc_loss", "prior_disc_accuracy": "prior/disc_accuracy",
+        "monitor_y_accuracy": "monitor/y_accuracy"}
+
+
+def test_training_clock_counts_on_from_the_restored_time_and_stops_at_the_budget():
+    model = _fitting_model()
+    clock = TrainingClock(trained_before=5.0, budget_seconds=3600.0)
+    clock.set_model(model)
+    assert not clock.budget_reached and 5.0 <= clock.trained_seconds() < 3600.0
+    clock.on_train_batch_end(0)
+    assert not clock.budget_reached and not model.stop_training
+    clock.trained_before = 3600.0  # as if an hour had passed
+    clock.on_train_batch_end(1)
+    assert clock.budget_reached and model.stop_training
+    assert TrainingClock(3600.0, 3600.0).budget_reached  # spent before training starts
+    assert not TrainingClock(1e9, None).budget_reached   # no budget
+
+
+def test_sigterm_finishes_the_step_then_stops_and_the_handler_is_restored():
+    model = _fitting_model()
+    stopper = StopOnSigterm()
+    stopper.set_model(model)
+    previous = signal.getsignal(signal.SIGTERM)
+    stopper.on_train_begin()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopper.requested and not model.stop_training  # the step goes on
+        stopper.on_train_batch_end(0)
+        assert model.stop_training
+    finally:
+        stopper.on_train_end()
+    assert signal.getsignal(signal.SIGTERM) is previous
