@@ -134,6 +134,11 @@ class DatasetSpec:
             return cls(prefix, rest if prefix == SAMPLE else os.path.expanduser(rest))
         return cls(CATALOGUE, text)
 
+    @classmethod
+    def tfrecords(cls, directory: str) -> "DatasetSpec":
+        """The `tfrecord:DIR` dataset of the shards in `directory`."""
+        return cls(TFRECORD, directory)
+
     def __str__(self) -> str:
         return self.name if self.kind == CATALOGUE else f"{self.kind}:{self.name}"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from dim_tf import EvalConfig, EvaluationResult, evaluate
+from pipelines.ingest import examples_dataset
 from pipelines.stage import Stage, StageContext
 from pipelines.store import NewArtifact
 
@@ -31,7 +32,7 @@ def execute(context: StageContext) -> list[NewArtifact]:
     p = dict(context.parameters)
     with_baseline = p.pop("baseline")
     settings = dict(model_dir=context.inputs["model"].uri,
-                    dataset=f"tfrecord:{context.inputs['examples'].uri}", **p)
+                    dataset=examples_dataset(context.inputs["examples"]), **p)
     outputs = []
     for name, random_init in (("evaluation", False), ("baseline_evaluation", True)):
         if random_init and not with_baseline:

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import os
 
-from dim_tf import load_source, write_tfrecord_dataset
+from dim_tf import DatasetSpec, load_source, write_tfrecord_dataset
 from pipelines.stage import Stage, StageContext
-from pipelines.store import NewArtifact
+from pipelines.store import Artifact, NewArtifact
+
+
+def examples_dataset(examples: Artifact) -> str:
+    """The `--dataset` value of the ingested examples, for the stages after ingest."""
+    return str(DatasetSpec.tfrecords(examples.uri))
 
 
 def execute(context: StageContext) -> list[NewArtifact]:

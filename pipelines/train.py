@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from dim_tf import TrainConfig, train
+from pipelines.ingest import examples_dataset
 from pipelines.stage import Stage, StageContext
 from pipelines.store import NewArtifact
 
@@ -24,7 +25,7 @@ OPERATIONAL_PARAMETERS = ("strategy", "verbose", "log_every", "checkpoint_every"
 
 def execute(context: StageContext) -> list[NewArtifact]:
     model_dir = os.path.join(context.output_dir, "model")
-    config = TrainConfig(model_dir=model_dir, dataset=f"tfrecord:{context.inputs['examples'].uri}",
+    config = TrainConfig(model_dir=model_dir, dataset=examples_dataset(context.inputs["examples"]),
                          **context.parameters)
     result = train(config)
     return [NewArtifact("model", "Model", model_dir, {

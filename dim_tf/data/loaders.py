@@ -73,7 +73,8 @@ def _folder_source(root: str, split: str) -> ImageSource:
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The root, not the `sample:` name: messages then show where the files are.
     return ImageSource(name=f"folder:{root}", split=split, records=records,
-                       num_examples=len(images), label_names=labels, rejected=listing.bad)
+                       num_examples=len(images), label_names=labels, rejected=listing.bad,
+                       is_image_folder=True)
 
 
 def _split_level_hint(root: str, splits: list[str]) -> str:
@@ -108,7 +109,9 @@ def _read_any_image(path, label, via_pillow):
 def _catalogue_source(name, split, data_dir, manual_dir, download) -> ImageSource:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # tfds raises several types for unknown names
+    # DatasetNotFoundError (a ValueError) for an unknown name or config, AssertionError
+    # for an unknown version.
+    except (ValueError, AssertionError) as error:
         raise DataError(f"--dataset={name}: not a TFDS catalogue dataset ({error}). Use a "
                         "catalogue name such as cifar10, or folder:PATH for your own images.") from error
     if not builder.is_prepared():

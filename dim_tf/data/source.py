@@ -31,6 +31,9 @@ class ImageSource:
     rejected: files of an image folder left out of `records` by their listing
         (not images, empty, too large, ...), reported by `find_bad_images`.
     corrupt: names removed by `without_corrupt`.
+    is_image_folder: the records are the files of an image folder, so each may be
+        unusable and is checked (`usable_images`); catalogue and TFRecord records
+        were checked when they were written.
     """
 
     name: str
@@ -40,6 +43,7 @@ class ImageSource:
     label_names: tuple[str, ...]
     corrupt: tuple[str, ...] = ()
     rejected: tuple[BadImage, ...] = ()
+    is_image_folder: bool = False
 
 
 def find_bad_images(source: ImageSource, channels: int) -> tuple[BadImage, ...]:

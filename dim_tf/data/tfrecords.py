@@ -109,7 +109,7 @@ def write_tfrecord_dataset(
             raise DataError(f"Split {split!r} has classes {list(source.label_names)}, other splits "
                             f"{list(label_names)}: the label indices would not agree.")
         bad = ()
-        if DatasetSpec.parse(source.name).image_folder is not None:
+        if source.is_image_folder:
             bad = find_bad_images(source, check_channels)
             source = usable_images(source, check_channels, skip_corrupt, bad)
         elif source.num_examples == 0:
@@ -200,6 +200,6 @@ def tfrecord_source(root: str, split: str) -> ImageSource:
     # training stream, is a function of the files alone.
     records = tf.data.TFRecordDataset(files, buffer_size=8 << 20).map(
         parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ImageSource(name=f"tfrecord:{root}", split=split, records=records,
+    return ImageSource(name=str(DatasetSpec.tfrecords(root)), split=split, records=records,
                        num_examples=int(info["num_examples"]),
                        label_names=tuple(schema["label_names"]))

@@ -195,7 +195,7 @@ def _encode_splits(config: EvalConfig, encoder: LoadedEncoder, dataset: str, rep
 def _load_split(config: EvalConfig, spec: DatasetSpec, split: str, channels: int,
                 data_dir: str | None, manual_dir: str | None) -> ImageSource:
     source = load_source(spec, split, data_dir, manual_dir, config.download)
-    if spec.image_folder is not None:  # unusable files are logged and skipped
+    if source.is_image_folder:  # unusable files are logged and skipped
         source = usable_images(source, channels, skip_bad=True)
     return source
 

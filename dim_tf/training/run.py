@@ -196,7 +196,7 @@ def _check_resumable(config: TrainConfig) -> None:
 def _prepare_source(config: TrainConfig) -> source_lib.ImageSource:
     source = loaders.load_source(config.data, config.train_split, config.data_dir,
                                  config.manual_dir, config.download)
-    if config.folder is not None:  # every file decoded once: unusable ones stop the run or are skipped
+    if source.is_image_folder:  # every file decoded once: unusable ones stop the run or are skipped
         source = source_lib.usable_images(source, config.channels, skip_bad=config.skip_corrupt)
     if source.num_examples == 0:
         raise DataError(f"--dataset={config.dataset} split {config.train_split!r} has no images.")
