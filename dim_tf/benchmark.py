@@ -287,7 +287,6 @@ def _define_flags() -> None:
     """The command line's flags (defined only when run as a command, so importing
     this module as a library never clashes with another entry point's flags)."""
     cli.define_config_flags(StepConfig)
-    flags.adopt_module_key_flags(cli)
     flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
     flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, allocation).")
     flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")

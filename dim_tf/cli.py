@@ -35,12 +35,13 @@ _FLAGFILE = "--flagfile"
 def define_config_flags(cls: type, *, exclude: Iterable[str] = (), prefix: str = "",
                         flag_values: flags.FlagValues = FLAGS) -> None:
     """One flag per field of the config dataclass `cls`, `prefix` + its name, with the
-    field's default and help text. The entry point's module should then call
-    `flags.adopt_module_key_flags(dim_tf.cli)` so `--help` lists them."""
+    field's default and help text. The flags belong to the calling module, as if it
+    had defined them itself: `--help` of an entry point lists them."""
     exclude = set(exclude)
+    module_name = _module_name(sys._getframe(1).f_globals)
     for field in dataclasses.fields(cls):
         if field.name not in exclude:
-            _define(prefix + field.name, field, flag_values)
+            _define(prefix + field.name, field, flag_values, module_name)
 
 
 def config_values(cls: type, *, exclude: Iterable[str] = (), prefix: str = "",
@@ -57,7 +58,14 @@ def config_values(cls: type, *, exclude: Iterable[str] = (), prefix: str = "",
     return values
 
 
-def _define(name: str, field: dataclasses.Field, flag_values: flags.FlagValues) -> None:
+def _module_name(module_globals: dict) -> str:
+    """The name absl files a module's flags under (the script's path for __main__)."""
+    name = module_globals["__name__"]
+    return sys.argv[0] if name == "__main__" else name
+
+
+def _define(name: str, field: dataclasses.Field, flag_values: flags.FlagValues,
+            module_name: str) -> None:
     kind = str(field.type).replace(" ", "")
     default = None if field.default is dataclasses.MISSING else field.default
     if isinstance(default, tuple):
@@ -69,7 +77,7 @@ def _define(name: str, field: dataclasses.Field, flag_values: flags.FlagValues) 
               flags.DEFINE_integer if kind.startswith("int") else
               flags.DEFINE_float if kind.startswith("float") else
               flags.DEFINE_list if kind.startswith("tuple") else flags.DEFINE_string)
-    define(name, default, text, flag_values=flag_values)
+    define(name, default, text, flag_values=flag_values, module_name=module_name)
 
 
 def shipped_flagfile(path: str) -> str | None:

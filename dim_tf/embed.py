@@ -38,7 +38,6 @@ flags.DEFINE_string("signature", SERVING_SIGNATURE, "Signature to call.")
 flags.DEFINE_enum("feature", "y", ["y", "fc", "conv", "local"], "Encoder output to save.")
 flags.DEFINE_integer("batch_size", 64, "Images per request.")
 flags.DEFINE_integer("channels", 3, "Decode images to this many channels (1 or 3).")
-flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 

@@ -12,7 +12,6 @@ The flags are the fields of `dim_tf.config.EvalConfig`.
 
 from __future__ import annotations
 
-from absl import flags
 
 from dim_tf import cli
 from dim_tf import config as config_lib
@@ -20,7 +19,6 @@ from dim_tf import config as config_lib
 PROGRAM = "dim_tf.evaluate"
 
 cli.define_config_flags(config_lib.EvalConfig)
-flags.adopt_module_key_flags(cli)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ Exit status: 0 exported; 2 bad flags, no such run, or the version exists;
 
 from __future__ import annotations
 
-from absl import flags
 
 from dim_tf import cli
 from dim_tf.config import ExportConfig
@@ -21,7 +20,6 @@ from dim_tf.config import ExportConfig
 PROGRAM = "dim_tf.export"
 
 cli.define_config_flags(ExportConfig)
-flags.adopt_module_key_flags(cli)
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ from dim_tf import cli
 from dim_tf.config import FLAGS_FILE, ExportConfig, TrainConfig
 
 cli.define_config_flags(TrainConfig)
-flags.adopt_module_key_flags(cli)
 _EXPORT_DIR = {f.name: f for f in dataclasses.fields(ExportConfig)}["export_dir"]
 flags.DEFINE_string("export_dir", None, "After training, export the encoder as a SavedModel "
                     "into this directory. " + _EXPORT_DIR.metadata["help"])

@@ -55,18 +55,9 @@ flags.DEFINE_float("min_gain_over_random", None, "Blessing: the metric must beat
                    "initialised encoder by at least this many points (needs --baseline).")
 
 
-def _define_config_flags() -> None:
-    """The training and evaluation flags, made from the configs; declared key flags of
-    this module so that `flags.adopt_module_key_flags(pipelines.flags)` lists them in
-    the entry point's --help (absl files them under dim_tf.cli, which defines them)."""
-    before = set(flags.FLAGS)
-    define_config_flags(TrainConfig, exclude=("model_dir",))
-    define_config_flags(EvalConfig, prefix=_EVAL_PREFIX, exclude=_EVAL_FIELDS_NOT_FLAGS)
-    for name in sorted(set(flags.FLAGS) - before):
-        flags.declare_key_flag(name)
-
-
-_define_config_flags()
+# The training and evaluation flags, made from the configs.
+define_config_flags(TrainConfig, exclude=("model_dir",))
+define_config_flags(EvalConfig, prefix=_EVAL_PREFIX, exclude=_EVAL_FIELDS_NOT_FLAGS)
 
 FLAGS = flags.FLAGS
 

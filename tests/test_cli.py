@@ -100,3 +100,14 @@ def test_run_maps_dim_errors_to_their_status_and_bad_flags_to_2(tmp_path):
     assert stray.returncode == 2 and "unexpected arguments ['extra']" in stray.stderr
     bug = _run(tmp_path, "raise KeyError('a bug')")
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "KeyError" in bug.stderr
+
+
+@pytest.mark.parametrize("module, flag", [("dim_tf.train", "--mi_units"),
+                                          ("dim_tf.evaluate", "--probe_epochs"),
+                                          ("dim_tf.export", "--export_dir")])
+def test_help_lists_the_flags_made_from_the_config(module, flag):
+    """Flags made by define_config_flags belong to the entry point, so its --help
+    (absl's key flags of the main module) shows them."""
+    shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                           text=True, timeout=120)
+    assert flag in shown.stdout, shown.stdout[-2000:]
