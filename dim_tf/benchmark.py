@@ -4,7 +4,9 @@ r"""How fast does DIM train here, and how close is that to the machine's matmul 
     python -m dim_tf.benchmark --mixed_precision --mi_units=512
     python -m dim_tf.benchmark --suite                          # docs/performance.md's scaling table
     python -m dim_tf.benchmark --profile_dir=/tmp/dim_profile   # + time by op type, a trace for TensorBoard
+    python -m dim_tf.benchmark --views=2                        # multi-view DIM's step
     python -m dim_tf.benchmark --input_only --dataset=folder:~/.cache/dim_tf/cifar10_jpeg
+    python -m dim_tf.benchmark --input_only --views=2 --color_jitter=0.5 --dataset=...
 
 Each configuration prints one JSON line: images/s (median of --repeats timed
 runs of --steps steps each, after warm-up, with the min and max), milliseconds
@@ -12,9 +14,13 @@ per step, FLOP per training image counted from the traced training step's own
 graph (`dim_tf.flops`), the achieved GFLOP/s and that as a percentage of the
 float32 and bfloat16 matmul peaks the same process measured first (a large
 square `tf.matmul` in a `tf.function`), and the process's peak resident memory.
+An image is a source image: with --views=V each step encodes V views of each of
+--batch_size images, so its images/s and FLOP per image include V encoder passes
+and the heads of every view pair.
 Training runs on synthetic images through the same Keras train function `fit`
-uses; `--input_only` times the input pipeline alone (decode, random crop and
-flip, batching) on a real dataset.
+uses; `--input_only` times the input pipeline alone (decode, augmentation of
+every view, batching) on a real dataset, with the training stream's augmentation
+flags (random crops and flips on by default).
 
 `--suite` runs each configuration of the table in a fresh subprocess (so its
 peak memory and dtype policy are its own) and prints their lines.
@@ -35,7 +41,7 @@ import time
 from absl import flags
 
 from dim_tf import cli
-from dim_tf.config import TrainConfig, setting
+from dim_tf.config import Augmentation, TrainConfig, setting
 from dim_tf.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -46,10 +52,11 @@ STRATEGIES = ("one_device", "mirrored")
 _PLACEMENT = ("strategy", "devices")
 
 
-def _train_setting(name: str) -> dataclasses.Field:
-    """A field with the default and help of TrainConfig's field `name`."""
+def _train_setting(name: str, default=dataclasses.MISSING) -> dataclasses.Field:
+    """A field with the help (and unless given, the default) of TrainConfig's field `name`."""
     field = _TRAIN_FIELDS[name]
-    return dataclasses.field(default=field.default, metadata=field.metadata)
+    default = field.default if default is dataclasses.MISSING else default
+    return dataclasses.field(default=default, metadata=field.metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +72,9 @@ class StepConfig:
     alpha: float = _train_setting("alpha")
     beta: float = _train_setting("beta")
     gamma: float = _train_setting("gamma")
+    views: int = _train_setting("views")
+    score_clip: float = _train_setting("score_clip")
+    score_penalty: float = _train_setting("score_penalty")
     mixed_precision: bool = _train_setting("mixed_precision")
     force_mixed_precision: bool = _train_setting("force_mixed_precision")
     strategy: str = setting("one_device", help="one_device, or mirrored over --devices logical "
@@ -80,6 +90,33 @@ class StepConfig:
         """
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in _PLACEMENT}
         return TrainConfig(model_dir="<benchmark>", monitor=False, **values)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """The input pipeline `--input_only` times: a dataset and the training stream's
+    augmentation of each view (TrainConfig's flags; crops and flips on by default).
+    The views and the batch size are StepConfig's."""
+
+    dataset: str | None = setting(None, help="For --input_only: folder:PATH or tfrecord:DIR.")
+    random_crop: bool = _train_setting("random_crop", default=True)
+    crop_padding: int = _train_setting("crop_padding")
+    crop_min_area: float = _train_setting("crop_min_area")
+    random_flip: bool = _train_setting("random_flip", default=True)
+    shared_flip: bool = _train_setting("shared_flip")
+    color_jitter: float = _train_setting("color_jitter")
+    color_jitter_probability: float = _train_setting("color_jitter_probability")
+    grayscale_probability: float = _train_setting("grayscale_probability")
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """The augmentation these flags ask for.
+
+        Raises:
+            ConfigError: a setting is invalid (TrainConfig's checks).
+        """
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(Augmentation)}
+        return TrainConfig(model_dir="<benchmark>", **values).augmentation
 
 
 def cpu_name() -> str:
@@ -192,7 +229,9 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
     with strategy.scope():
         model = build_model(train_config)
     size = train_config.image_size
-    images = tf.random.uniform([config.batch_size, size, size, train_config.channels], -1, 1, seed=0)
+    views = [config.views] if config.views > 1 else []  # one view: the paper's [n, H, W, C]
+    images = tf.random.uniform([config.batch_size, *views, size, size, train_config.channels], -1, 1,
+                               seed=0)
     labels = tf.zeros([config.batch_size], tf.int64)
 
     flops = function_flops(tf.function(model.train_step),
@@ -232,16 +271,18 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
 
 
 def benchmark_input(dataset: str, batch_size: int = 64, image_size: int = 32, channels: int = 3,
-                    random_crop: bool = True, random_flip: bool = True, steps: int = 100,
-                    warmup: int = 20, repeats: int = 3) -> dict:
-    """Images/s of the training input pipeline of `dataset` alone (no model)."""
+                    augmentation: Augmentation | None = None, views: int = 1,
+                    steps: int = 100, warmup: int = 20, repeats: int = 3) -> dict:
+    """Source images/s of the training input pipeline of `dataset` alone (no model),
+    each image augmented into `views` views (default augmentation: InputConfig's)."""
     from dim_tf.data import loaders, streams
 
+    augmentation = augmentation or InputConfig().augmentation
     source = loaders.load_source(dataset, "train")
     stream = streams.training_dataset(
         source, global_batch_size=batch_size, steps_per_epoch=source.num_examples // batch_size,
-        start_step=0, seed=0, image_size=image_size, channels=channels, random_crop=random_crop,
-        random_flip=random_flip)
+        start_step=0, seed=0, image_size=image_size, channels=channels, augmentation=augmentation,
+        views=views)
     iterator = iter(stream)
 
     def run_steps(n):
@@ -249,8 +290,8 @@ def benchmark_input(dataset: str, batch_size: int = 64, image_size: int = 32, ch
             next(iterator)
 
     run_steps(warmup)
-    return {"kind": "input_pipeline", "dataset": dataset, "batch_size": batch_size,
-            "random_crop": random_crop, "random_flip": random_flip,
+    return {"kind": "input_pipeline", "dataset": dataset, "batch_size": batch_size, "views": views,
+            "augmentation": dataclasses.asdict(augmentation),
             **_summary(batch_size, steps, _timed(run_steps, steps, repeats)),
             "peak_rss_mb": peak_rss_mb(), "cpu": cpu_name()}
 
@@ -266,8 +307,10 @@ def suite_configs() -> list[StepConfig]:
     configs += [dataclasses.replace(base, mixed_precision=True)]
     configs += [dataclasses.replace(base, mixed_precision=True, mi_units=512)]
     configs += [dataclasses.replace(base, strategy="mirrored")]
-    # The one-CPU-hour recipe's step (configs/cpu_hour.flags).
-    configs += [dataclasses.replace(base, mixed_precision=True, mi_units=256, batch_size=128)]
+    # The one-CPU-hour recipe's step (configs/cpu_hour.flags), with one and two views.
+    cpu_hour = dataclasses.replace(base, mixed_precision=True, mi_units=256, batch_size=128,
+                                   estimator="nce")
+    configs += [cpu_hour, dataclasses.replace(cpu_hour, views=2)]
     return configs
 
 
@@ -294,9 +337,7 @@ def _define_flags() -> None:
                         "profiler into this directory and report time by op type.")
     flags.DEFINE_bool("suite", False, "Run the scaling table (each configuration in a subprocess).")
     flags.DEFINE_bool("input_only", False, "Time the input pipeline of --dataset alone.")
-    flags.DEFINE_string("dataset", None, "For --input_only: folder:PATH or tfrecord:DIR.")
-    flags.DEFINE_bool("random_crop", True, "For --input_only: random crops.")
-    flags.DEFINE_bool("random_flip", True, "For --input_only: random flips.")
+    cli.define_config_flags(InputConfig)
 
 
 def main() -> None:
@@ -313,10 +354,11 @@ def main() -> None:
                 print(lines[-1], flush=True)
         return
     if FLAGS.input_only:
-        if not FLAGS.dataset:
+        inputs = InputConfig(**cli.config_values(InputConfig))
+        if not inputs.dataset:
             raise ConfigError("--input_only needs --dataset (folder:PATH or tfrecord:DIR).")
-        print(json.dumps(benchmark_input(os.path.expanduser(FLAGS.dataset), FLAGS.batch_size,
-                                         random_crop=FLAGS.random_crop, random_flip=FLAGS.random_flip,
+        print(json.dumps(benchmark_input(os.path.expanduser(inputs.dataset), FLAGS.batch_size,
+                                         augmentation=inputs.augmentation, views=FLAGS.views,
                                          repeats=FLAGS.repeats)), flush=True)
         return
     config = StepConfig(**cli.config_values(StepConfig))

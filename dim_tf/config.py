@@ -27,6 +27,8 @@ ESTIMATORS = ("jsd", "dv", "nce") + F_DIVERGENCES[1:]
 ESTIMATOR_ALIASES = {"infonce": "nce", "js": "jsd", "chi2": "x2", "hellinger": "h2"}
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 LOCAL_CRITICS = ("dot", "concat")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+MAX_VIEWS = 4
 NEGATIVES = ("replica", "global")
 PROBES = ("classifier", "linear", "knn")
 FEATURE_LAYERS = ("conv", "fc", "y")
@@ -38,6 +40,7 @@ TRAIN_LOG_DIR = os.path.join("logs", "train")  # TensorBoard scalars
 SUMMARY_FILE = "summary.json"
 EVALUATION_DIR = "evaluation"  # `python -m dim_tf.evaluate`'s default report directory
 REPORT_JSON = "report.json"
+SCHEDULE_FILE = "schedule.json"  # the learning-rate schedule's length in steps, once fixed
 
 # The signatures of an exported encoder (written by dim_tf.serving, read by evaluation).
 SERVING_SIGNATURE = "serving_default"
@@ -68,6 +71,10 @@ RUN_DEFINING_FIELDS = (
     "local_critic", "negatives", "gradient_penalty_weight", "batch_size", "learning_rate", "seed",
     "mixed_precision",
     "random_crop", "random_flip", "shuffle_buffer", "dataset", "train_split", "monitor",
+    "views", "crop_padding", "crop_min_area", "shared_flip", "color_jitter",
+    "color_jitter_probability", "grayscale_probability", "score_clip", "score_penalty",
+    "lr_schedule", "warmup_steps", "final_lr_fraction", "schedule_minutes",
+    "schedule_calibration_steps",
 )
 
 
@@ -178,6 +185,42 @@ class DatasetSpec:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """What the training stream does to each view of an image (`TrainConfig.augmentation`).
+
+    random_crop: a size x size crop at a random offset of the image reflect-padded by
+        `crop_padding` pixels on each side (a translation of up to that many pixels;
+        an image larger than the encoder's size is cropped along its extent as well).
+    crop_padding: pixels of reflection padding for `random_crop`.
+    crop_min_area: random-resized crop (Inception / SimCLR style): a crop of
+        [crop_min_area, 1] of the view's area (after the crop or resize) and aspect ratio in [3/4, 4/3], resized
+        back to the encoder's size; 1.0 is off.
+    random_flip: horizontal flips with probability 1/2.
+    shared_flip: with several views, all views of an image share one flip.
+    color_jitter: strength s of brightness, contrast and saturation jitter (factors in
+        [1 - 0.8 s, 1 + 0.8 s]) and hue jitter (up to 0.2 s of a turn), SimCLR's
+        parametrisation; 0 is off.
+    color_jitter_probability: probability that a view is colour-jittered.
+    grayscale_probability: probability that a view is turned grey (kept 3-channel).
+    """
+
+    random_crop: bool = False
+    crop_padding: int = 4
+    crop_min_area: float = 1.0
+    random_flip: bool = False
+    shared_flip: bool = False
+    color_jitter: float = 0.0
+    color_jitter_probability: float = 0.8
+    grayscale_probability: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any view differs from the plain resized image."""
+        return (self.random_crop or self.crop_min_area < 1.0 or self.random_flip
+                or self.color_jitter > 0 or self.grayscale_probability > 0)
+
+
 def dataset_spec(text: str) -> DatasetSpec:
     """`DatasetSpec.parse(text)`."""
     return DatasetSpec.parse(text)
@@ -231,8 +274,46 @@ class TrainConfig:
         "(no AVX512_BF16, AMX or Arm BF16) it falls back to float32, which is faster there."))
     force_mixed_precision: bool = setting(False, help=(
         "With --mixed_precision, compute in bfloat16 even on a CPU without bfloat16 units."))
-    random_crop: bool = setting(False, help="Random crops to the encoder's size.")
+    random_crop: bool = setting(False, help=(
+        "Random crops to the encoder's size from the image reflect-padded by --crop_padding "
+        "pixels (on 32x32 CIFAR: translations of up to that many pixels)."))
+    crop_padding: int = setting(4, help="Pixels of reflection padding on each side for "
+                                "--random_crop (0: crop larger images only).")
+    crop_min_area: float = setting(1.0, help=(
+        "Random-resized crops: a crop of this to 1 of the view's area (after --random_crop or "
+        "the resize; aspect ratio 3/4 to 4/3) resized to the encoder's size. 1: off."))
     random_flip: bool = setting(False, help="Random horizontal flips.")
+    shared_flip: bool = setting(False, help="With --views above 1, flip all views of an image "
+                                "together.")
+    color_jitter: float = setting(0.0, help=(
+        "Colour jitter strength s: brightness, contrast and saturation factors in "
+        "[1 - 0.8s, 1 + 0.8s], hue shifted up to 0.2s (SimCLR's). 0: off."))
+    color_jitter_probability: float = setting(0.8, help="Probability that a view is "
+                                              "colour-jittered (with --color_jitter).")
+    grayscale_probability: float = setting(0.0, help="Probability that a view is turned grey.")
+    views: int = setting(1, help=(
+        "Augmented views of each image per step. 1: the paper's DIM. 2 or more: each view's "
+        "global code is scored against the local maps of the image's other views (positives) "
+        "and other images' (negatives), as in Augmented Multiscale DIM (Bachman et al. 2019)."))
+    score_clip: float = setting(0.0, help=(
+        "Soft clip c of the critic scores, c * tanh(s / c), before the estimator. AMDIM clips "
+        "at 20 scores divided by sqrt(width), about 20 * sqrt(mi_units) here. 0: off."))
+    score_penalty: float = setting(0.0, help=(
+        "Weight of an L2 penalty on the raw critic scores (the mean of s^2). AMDIM's 0.05 on "
+        "scores divided by sqrt(width) is about 0.05 / mi_units here. 0: off."))
+    lr_schedule: str = setting("constant", choices=LR_SCHEDULES, help=(
+        "Learning-rate schedule (both players): constant (the paper), or after --warmup_steps "
+        "a cosine or linear decay to --final_lr_fraction of --learning_rate at the run's end "
+        "(--epochs, or --schedule_minutes of training)."))
+    warmup_steps: int = setting(0, help="Steps of linear learning-rate warm-up from 0.")
+    final_lr_fraction: float = setting(0.0, help="Learning rate at the schedule's end, as a "
+                                       "fraction of --learning_rate.")
+    schedule_minutes: float | None = setting(None, help=(
+        "Minutes of training the decay spans (default: --time_budget_minutes). The step count "
+        "is fixed from the throughput of the first --schedule_calibration_steps steps and saved "
+        "in the run, so a resumed run keeps it; the run ends at that step."))
+    schedule_calibration_steps: int = setting(300, help=(
+        "Steps timed to fix a time-based schedule's length."))
     skip_corrupt: bool = setting(False, help="Skip image files that do not decode (they are "
                                  "listed in the log).")
     monitor: bool = setting(True, help=(
@@ -266,9 +347,24 @@ class TrainConfig:
         """The image-folder root of a `folder:PATH` or `sample:NAME` dataset, else None."""
         return self.data.image_folder
 
+    @property
+    def augmentation(self) -> Augmentation:
+        """The training stream's augmentation of each view."""
+        return Augmentation(**{f.name: getattr(self, f.name)
+                               for f in dataclasses.fields(Augmentation)})
+
+    @property
+    def schedule_seconds(self) -> float | None:
+        """Seconds of training a time-based learning-rate schedule spans, else None."""
+        if self.lr_schedule == "constant":
+            return None
+        minutes = self.schedule_minutes or self.time_budget_minutes
+        return minutes * 60 if minutes else None
+
     def validate(self) -> None:
         """Raises ConfigError naming the first invalid flag."""
         _choice("encoder", self.encoder, ENCODERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("local_critic", self.local_critic, LOCAL_CRITICS)
         _choice("negatives", self.negatives, NEGATIVES)
@@ -292,6 +388,9 @@ class TrainConfig:
         _at_least("shuffle_buffer", self.shuffle_buffer, 1)
         if self.steps_per_epoch is not None:
             _at_least("steps_per_epoch", self.steps_per_epoch, 1)
+        self._validate_augmentation()
+        self._validate_objective_options()
+        self._validate_schedule()
         if self.time_budget_minutes is not None and not (
                 math.isfinite(self.time_budget_minutes) and self.time_budget_minutes >= 0):
             raise ConfigError("--time_budget_minutes must be a number of minutes (0: no budget); "
@@ -301,6 +400,35 @@ class TrainConfig:
         if not self.model_dir:
             raise ConfigError("--model_dir is required: the directory for checkpoints and logs.")
         DatasetSpec.parse(self.dataset)
+
+    def _validate_augmentation(self) -> None:
+        _at_least("views", self.views, 1)
+        if self.views > MAX_VIEWS:
+            raise ConfigError(f"--views must be at most {MAX_VIEWS} (each view costs one more "
+                              f"encoder pass); got {self.views}.")
+        _at_least("crop_padding", self.crop_padding, 0)
+        _in_range("crop_min_area", self.crop_min_area, 0.0, 1.0, low_open=True)
+        _in_range("color_jitter", self.color_jitter, 0.0, 1.25)
+        _in_range("color_jitter_probability", self.color_jitter_probability, 0.0, 1.0)
+        _in_range("grayscale_probability", self.grayscale_probability, 0.0, 1.0)
+
+    def _validate_objective_options(self) -> None:
+        for name in ("score_clip", "score_penalty"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{name} must be a finite number >= 0 (0: off); got {value!r}.")
+
+    def _validate_schedule(self) -> None:
+        _at_least("warmup_steps", self.warmup_steps, 0)
+        _at_least("schedule_calibration_steps", self.schedule_calibration_steps, 10)
+        _in_range("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
+        if self.schedule_minutes is not None and not (
+                math.isfinite(self.schedule_minutes) and self.schedule_minutes > 0):
+            raise ConfigError(f"--schedule_minutes must be a number of minutes > 0; got "
+                              f"{self.schedule_minutes!r}.")
+        if self.schedule_minutes and self.strategy == "multi_worker":
+            raise ConfigError("--schedule_minutes is not supported with several workers (each "
+                              "would time its own steps); decay over --epochs instead.")
 
     def check_paths(self) -> None:
         """Raises ConfigError if the image folder, its split or --manual_dir is missing.
@@ -447,6 +575,14 @@ def _choice(flag, value, allowed):
         raise ConfigError(
             f"--{flag}={value!r} is not valid. Allowed: {', '.join(str(a) for a in allowed)}."
         )
+
+
+def _in_range(flag, value, low, high, low_open=False):
+    inside = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (low < value if low_open else low <= value) and value <= high)
+    if not inside:
+        raise ConfigError(f"--{flag} must be a number in {'(' if low_open else '['}{low:g}, "
+                          f"{high:g}]; got {value!r}.")
 
 
 def _at_least(flag, value, minimum, why=""):

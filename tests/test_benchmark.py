@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dim_tf.benchmark import StepConfig, benchmark_step, matmul_peak_gflops
+from dim_tf.benchmark import InputConfig, StepConfig, benchmark_input, benchmark_step, matmul_peak_gflops
+from dim_tf.config import Augmentation
 from dim_tf.flops import function_flops
 
 REPO_ROOT = __file__.rsplit("/tests/", 1)[0]
@@ -64,6 +65,70 @@ def test_the_paper_step_costs_two_gflop_per_image_mostly_in_the_local_head():
     square_layer = 3 * 2 * 64 * 2048 * 2048
     assert 0.75 < square_layer / per_image < 0.85
     assert 1.9e9 < per_image < 2.1e9
+
+
+def test_two_views_cost_two_encoder_passes_and_heads_per_source_image():
+    """FLOP per source image with 2 views: twice the single view's (two encoder passes,
+    the heads on both views, two view pairs of scores, the prior on both codes)."""
+    from dim_tf.config import TrainConfig
+    from dim_tf.training.dim_model import build_model
+
+    per_image = {}
+    for views in (1, 2):
+        model = build_model(TrainConfig(model_dir="unused", mi_units=64, batch_size=8, monitor=False,
+                                        views=views, estimator="nce"))
+        shape = [8] + ([views] if views > 1 else []) + [32, 32, 3]
+        flops = function_flops(tf.function(model.train_step),
+                               (tf.TensorSpec(shape), tf.TensorSpec([8], tf.int64)))
+        per_image[views] = sum(flops.values()) / 8
+    assert per_image[2] == pytest.approx(2 * per_image[1], rel=1e-3)
+
+
+def test_benchmark_feeds_views_and_score_stabilisation_to_the_step():
+    record = benchmark_step(StepConfig(mi_units=16, batch_size=8, views=2, score_clip=10.0,
+                                       score_penalty=0.05), steps=1, warmup=1, repeats=1)
+    assert record["config"]["views"] == 2 and record["config"]["score_penalty"] == 0.05
+    assert record["images_per_second"] > 0 and record["flop_per_image"] > 0
+    # The step ran on [8, 2, 32, 32, 3] batches: twice the single view's work per image.
+    single = benchmark_step(StepConfig(mi_units=16, batch_size=8), steps=1, warmup=1, repeats=1)
+    assert record["flop_per_image"] == pytest.approx(2 * single["flop_per_image"], rel=1e-2)
+
+
+def test_input_benchmark_streams_augmented_views(tmp_path):
+    from tests.training.synthetic import write_image_folder
+
+    write_image_folder(tmp_path, {"train": 8})
+    augmentation = Augmentation(random_crop=True, random_flip=True, color_jitter=0.5,
+                                grayscale_probability=0.2)
+    record = benchmark_input(f"folder:{tmp_path}", batch_size=4, augmentation=augmentation, views=2,
+                             steps=2, warmup=1, repeats=1)
+    assert record["views"] == 2 and record["augmentation"]["color_jitter"] == 0.5
+    assert record["images_per_second"] > 0
+    json.dumps(record)
+
+
+def test_input_flags_default_to_crops_and_flips_and_are_checked_as_training_checks_them():
+    assert InputConfig().augmentation == Augmentation(random_crop=True, random_flip=True)
+    from dim_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="color_jitter"):
+        InputConfig(color_jitter=-1.0).augmentation
+
+
+@pytest.mark.e2e
+def test_input_only_command_takes_views_and_the_crop_and_flip_flags(tmp_path):
+    from tests.training.synthetic import write_image_folder
+
+    write_image_folder(tmp_path, {"train": 8})
+    out = subprocess.run(
+        [sys.executable, "-m", "dim_tf.benchmark", "--input_only", f"--dataset=folder:{tmp_path}",
+         "--batch_size=4", "--views=2", "--norandom_crop", "--random_flip", "--shared_flip",
+         "--repeats=1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["views"] == 2
+    assert record["augmentation"]["random_crop"] is False
+    assert record["augmentation"]["random_flip"] is True and record["augmentation"]["shared_flip"] is True
 
 
 def test_benchmark_record_has_every_field():

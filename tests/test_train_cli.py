@@ -114,7 +114,7 @@ def test_flagfile_with_override_and_end_to_end_run(tmp_path, image_tree):
     assert config["epochs"] == 2 and config["estimator"] == "nce"  # override wins
     assert "--epochs=2" in (model_dir / "flags.txt").read_text()
     summary = json.loads((model_dir / "summary.json").read_text())
-    assert summary["end_step"] == summary["total_steps"] == 8
+    assert summary["end_step"] == summary["total_steps"] == 8 and summary["stopped_by"] == "epochs"
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-8")
     assert "local_loss" in summary["metrics"]
     events = glob.glob(str(model_dir / "logs" / "train" / "events.out.tfevents*"))
@@ -127,8 +127,8 @@ def test_flagfile_with_override_and_end_to_end_run(tmp_path, image_tree):
     assert result.stdout.rstrip().endswith(f", exported {tmp_path / 'export' / '1'}")
     assert "--export_dir=" in (model_dir / "flags.txt").read_text()  # every setting, reusable
     assert set(summary) == {"model_dir", "total_steps", "start_step", "end_step", "seconds",
-                            "trained_seconds", "stopped_by_time_budget", "images_per_second",
-                            "metrics", "skipped_images"}
+                            "trained_seconds", "stopped_by_time_budget", "stopped_by",
+                            "images_per_second", "metrics", "skipped_images"}
     # Resuming with other run-defining settings is refused, naming them.
     changed = run_train(f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--mi_units=32")
     assert changed.returncode == 2

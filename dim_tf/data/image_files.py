@@ -13,7 +13,8 @@ never a class and never an image.
 
 Only file headers are read here (Pillow opens images lazily), so listing is
 cheap and a huge or hostile file costs no memory: its size is known before any
-decoding. No TensorFlow in this module.
+decoding. A file whose header was read by an earlier listing, and which has not
+changed since, is not read again (`file_check_cache`). No TensorFlow in this module.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+from dim_tf.data import file_check_cache
 
 # Refused before decoding: a decoded image costs 3-4 bytes per pixel, times the
 # input pipeline's parallel decodes. 64 megapixels covers camera photos
@@ -79,12 +82,13 @@ class BadImage:
 
 @dataclasses.dataclass(frozen=True)
 class SplitListing:
-    """Every entry of one split folder: images, unusable files, and the number of
-    operating-system/editor files left out."""
+    """Every entry of one split folder: images, unusable files, the number of
+    operating-system/editor files left out, and the file check in progress."""
 
     images: tuple[ImageFile, ...]
     bad: tuple[BadImage, ...]
     ignored: int
+    check: file_check_cache.FolderCheck
 
 
 def is_system_file(name: str) -> bool:
@@ -115,39 +119,65 @@ def list_split(root: str, split: str, labels: tuple[str, ...],
 
     `labels` is the class list (`label_names(root)`) that label indices refer to.
     Images keep `tfds.ImageFolder`'s order; unusable entries are sorted by path.
+    Headers checked by an earlier listing (of files not changed since) are not read
+    again; the listing's `check` carries on to the decode check (`file_check_cache`).
     """
     split_dir = os.path.join(root, split)
+    check = file_check_cache.FolderCheck(split_dir, max_pixels)
     label_index = {name: index for index, name in enumerate(labels)}
     candidates, bad, ignored = [], [], 0
-    for name in sorted(os.listdir(split_dir)):
-        path = os.path.join(split_dir, name)
+    for entry in _entries(split_dir):  # os.scandir: types (and stats) without a call per file
+        name, path = entry.name, entry.path
         if is_system_file(name):
             ignored += 1
-        elif not os.path.isdir(path):
+        elif not _is_dir(entry):
             problem = _stat_problem(path)
             bad.append(BadImage(path, problem or (
                 f"not in a label folder: images go in {split_dir}{os.sep}<label>{os.sep}")))
         else:
             try:
-                entries = sorted(os.listdir(path))
+                entries = _entries(path)
             except OSError as error:
                 bad.append(BadImage(path, f"cannot list this label folder: {error.strerror}"))
                 continue
-            for entry in entries:
-                file_path = os.path.join(path, entry)
-                if is_system_file(entry):
+            for file in entries:
+                if is_system_file(file.name):
                     ignored += 1
-                elif os.path.isdir(file_path):
-                    bad.append(BadImage(file_path, _nested_folder_reason(file_path, name, path)))
+                elif _is_dir(file):
+                    bad.append(BadImage(file.path, _nested_folder_reason(file.path, name, path)))
                 else:
-                    candidates.append((file_path, label_index[name]))
+                    candidates.append((file, label_index[name]))
     # tfds.ImageFolder's order: sorted by label and name, then this seeded shuffle.
     random.Random(split).shuffle(candidates)
     images = []
-    for path, label in candidates:
-        checked = probe(path, label, max_pixels)
-        (bad if isinstance(checked, BadImage) else images).append(checked)
-    return SplitListing(tuple(images), tuple(sorted(bad, key=lambda b: b.path)), ignored)
+    for file, label in candidates:
+        header = check.header(file.path, _stat_or_none(file),
+                              lambda: _header_problem(file.path, max_pixels))
+        if isinstance(header, str):
+            bad.append(BadImage(file.path, header))
+        else:
+            images.append(ImageFile(file.path, label, via_pillow=header))
+    return SplitListing(tuple(images), tuple(sorted(bad, key=lambda b: b.path)), ignored, check)
+
+
+def _entries(directory: str) -> list[os.DirEntry]:
+    with os.scandir(directory) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether `entry` is a folder or a link to one (as os.path.isdir: False on errors)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _stat_or_none(entry: os.DirEntry) -> os.stat_result | None:
+    try:
+        return entry.stat()
+    except OSError:  # a dangling link, a file removed since the listing: the header check says
+        return None
 
 
 def _nested_folder_reason(folder: str, label: str, label_dir: str) -> str:

@@ -3,7 +3,8 @@ dataset, a `tfds.ImageFolder` tree (`folder:PATH`, or `sample:NAME` for the imag
 shipped with dim_tf) or TFRecord shards written by the ingest (`tfrecord:DIR`).
 
 Image folders are listed and checked file by file (`dim_tf.data.image_files`):
-every file is an image or is reported with the reason it cannot be used.
+every file is an image or is reported with the reason it cannot be used; what
+the check found is remembered (`dim_tf.data.file_check_cache`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import os
 
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 
 from dim_tf.config import CATALOGUE, TFRECORD, DatasetSpec
 from dim_tf.data import image_files
-from dim_tf.data.source import ImageSource
+from dim_tf.data.source import ImageSource, folder_records
 from dim_tf.data.tfrecords import tfrecord_source
 from dim_tf.errors import DataError
 
@@ -58,23 +58,17 @@ def _folder_source(root: str, split: str) -> ImageSource:
         logging.info("%s/%s: left out %d operating-system/editor file(s) (hidden files, "
                      "Thumbs.db, desktop.ini, backups~).", root, split, listing.ignored)
     images = listing.images
-    paths = tf.constant([os.fsencode(image.path) for image in images], tf.string)
-    indices = tf.constant([image.label for image in images], tf.int64)
     via_pillow = [image.via_pillow for image in images]
     if any(via_pillow):
         logging.info("%s/%s: %d image(s) in formats TensorFlow does not decode (BMP, TIFF, ...) are "
                      "decoded with Pillow; converting them to PNG or JPEG makes the input faster.",
                      root, split, sum(via_pillow))
-        records = tf.data.Dataset.from_tensor_slices((paths, indices, tf.constant(via_pillow, tf.bool)))
-        records = records.map(_read_any_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:  # pure TF ops: the usual case
-        records = tf.data.Dataset.from_tensor_slices((paths, indices)).map(
-            lambda path, label: {"image": tf.io.read_file(path), "label": label, "name": path},
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = folder_records([image.path for image in images], [image.label for image in images],
+                             via_pillow)
     # The root, not the `sample:` name: messages then show where the files are.
     return ImageSource(name=f"folder:{root}", split=split, records=records,
                        num_examples=len(images), label_names=labels, rejected=listing.bad,
-                       is_image_folder=True)
+                       is_image_folder=True, check=listing.check)
 
 
 def _split_level_hint(root: str, splits: list[str]) -> str:
@@ -90,23 +84,11 @@ def _split_level_hint(root: str, splits: list[str]) -> str:
     return ""
 
 
-def _read_any_image(path, label, via_pillow):
-    """Reads a file of an image folder; formats TensorFlow cannot decode go through
-    Pillow and come out as PNG. A file Pillow cannot decode gives empty bytes, which
-    fail to decode like any damaged file (`find_bad_images` then reports Pillow's reason)."""
-    def pillow_png(path_tensor):
-        try:
-            return image_files.pillow_png(os.fsdecode(path_tensor.numpy()))
-        except (OSError, ValueError, SyntaxError):
-            return b""
-
-    image = tf.cond(via_pillow,
-                    lambda: tf.ensure_shape(tf.py_function(pillow_png, [path], tf.string), []),
-                    lambda: tf.io.read_file(path))
-    return {"image": image, "label": label, "name": path}
-
-
 def _catalogue_source(name, split, data_dir, manual_dir, download) -> ImageSource:
+    # Imported here: 1.5 s (it imports scikit-learn and matplotlib) that image folders
+    # and TFRecords, the usual training data, do not need.
+    import tensorflow_datasets as tfds
+
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     # DatasetNotFoundError (a ValueError) for an unknown name or config, AssertionError

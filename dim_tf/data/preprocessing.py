@@ -1,7 +1,8 @@
 """Encoded image -> the encoder's input: decoding, channels, resizing, scaling.
 
 One implementation for training, evaluation and the exported serving signature,
-so an image gets the same pixels on every path (up to training's augmentation).
+so an image gets the same pixels on every path (up to training's augmentation,
+`dim_tf.data.augment`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ def resize_to(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cond(
         tf.logical_and(tf.equal(height, size), tf.equal(width, size)),
         lambda: image,
-        lambda: _resize_uint8(image, [size, size]),
+        lambda: resize_image(image, [size, size]),
     )
 
 
-def _resize_uint8(image: tf.Tensor, height_width) -> tf.Tensor:
-    """The one resize kernel of training, evaluation and serving: antialiased bilinear
+def resize_image(image: tf.Tensor, height_width) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> uint8 [..., height, width, C].
+
+    The one resize kernel of training, evaluation and serving: antialiased bilinear
     (antialiasing only matters when shrinking; enlarging without it differs by up to
-    one grey level after rounding, enough to make training and serving pixels differ)."""
+    one grey level after rounding, enough to make training and serving pixels differ).
+    """
     return _to_uint8(tf.image.resize(image, height_width, antialias=True))
 
 
@@ -70,40 +74,9 @@ def prepare_batch(images: tf.Tensor, size: int, channels: int) -> tf.Tensor:
     return scale_to_unit_range(tf.ensure_shape(prepared, [None, size, size, channels]))
 
 
-def preprocess(
-    image: tf.Tensor,
-    size: int,
-    random_crop: bool = False,
-    random_flip: bool = False,
-    seed: tf.Tensor | None = None,
-) -> tf.Tensor:
-    """uint8 image -> float32 [size, size, C] in [-1, 1].
-
-    Images of another size, smaller or larger, are resized to size x size
-    (`resize_to`, as evaluation and the serving signature do). With
-    `random_crop` a size x size crop is taken at a random offset instead; an
-    image whose short side is smaller than `size` is first enlarged (the same
-    antialiased bilinear resize) so that its short side is exactly `size`, and
-    cropped along its long side only. A square image smaller than `size` thus
-    gets exactly the pixels evaluation and serving give it (its crop is the
-    whole enlarged image); padding instead would show the encoder borders it
-    never sees at test time.
-    Randomness is stateless, from `seed` (a [2] int tensor), so it is resumable.
-    """
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    channels = image.shape[-1]
-    if random_crop:
-        short = tf.minimum(height, width)
-        # Integer arithmetic, so the short side is exactly `size` with no float rounding
-        # that could leave a 1-pixel crop offset evaluation does not have; the long
-        # side is rounded up.
-        enlarged = tf.stack([height, width]) * size
-        enlarged = (enlarged + short - 1) // short
-        image = tf.cond(short < size, lambda: _resize_uint8(image, enlarged), lambda: image)
-        image = tf.image.stateless_random_crop(image, [size, size, channels], seed=seed)
-    else:
-        image = resize_to(image, size)
-    image = tf.ensure_shape(image, [size, size, channels])
-    if random_flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
-    return scale_to_unit_range(image)
+def preprocess(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 image -> float32 [size, size, C] in [-1, 1], resized to size x size
+    whether smaller or larger (`resize_to`, as the serving signature does): the
+    evaluation stream's pixels, and training's without augmentation."""
+    resized = tf.ensure_shape(resize_to(image, size), [size, size, image.shape[-1]])
+    return scale_to_unit_range(resized)

@@ -5,19 +5,22 @@ or 3-channel encoders get their channels from any grayscale, RGB or RGBA file),
 integer labels (carried for evaluation, never used by training) and a name per
 image for error messages. The checks find the files of an image folder that
 cannot be used (with the reason), leave them out or refuse the data, and measure
-the typical image size.
+the typical image size. What the checks find is remembered per file
+(`file_check_cache`): a folder checked once is decoded again only where it changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from dim_tf.data import image_files
+from dim_tf.data.file_check_cache import FolderCheck
 from dim_tf.data.image_files import BadImage
 from dim_tf.data.preprocessing import decode_image
 from dim_tf.errors import DataError
@@ -34,6 +37,8 @@ class ImageSource:
     is_image_folder: the records are the files of an image folder, so each may be
         unusable and is checked (`usable_images`); catalogue and TFRecord records
         were checked when they were written.
+    check: an image folder's file check in progress (what earlier checks found),
+        which `find_bad_images` completes and saves.
     """
 
     name: str
@@ -44,21 +49,75 @@ class ImageSource:
     corrupt: tuple[str, ...] = ()
     rejected: tuple[BadImage, ...] = ()
     is_image_folder: bool = False
+    check: FolderCheck | None = None
+
+
+def folder_records(paths: Sequence[str], labels: Sequence[int],
+                   via_pillow: Sequence[bool]) -> tf.data.Dataset:
+    """The records of image files (in this order); each of those `via_pillow` (formats
+    TensorFlow does not decode correctly) is decoded by Pillow and stored as PNG."""
+    paths = tf.constant([os.fsencode(path) for path in paths], tf.string)
+    indices = tf.constant(labels, tf.int64)
+    if any(via_pillow):
+        records = tf.data.Dataset.from_tensor_slices((paths, indices, tf.constant(via_pillow, tf.bool)))
+        return records.map(_read_any_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.from_tensor_slices((paths, indices)).map(  # pure TF ops: the usual case
+        lambda path, label: {"image": tf.io.read_file(path), "label": label, "name": path},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _read_any_image(path, label, via_pillow):
+    """Reads a file of an image folder; formats TensorFlow cannot decode go through
+    Pillow and come out as PNG. A file Pillow cannot decode gives empty bytes, which
+    fail to decode like any damaged file (`find_bad_images` then reports Pillow's reason)."""
+    def pillow_png(path_tensor):
+        try:
+            return image_files.pillow_png(os.fsdecode(path_tensor.numpy()))
+        except (OSError, ValueError, SyntaxError):
+            return b""
+
+    image = tf.cond(via_pillow,
+                    lambda: tf.ensure_shape(tf.py_function(pillow_png, [path], tf.string), []),
+                    lambda: tf.io.read_file(path))
+    return {"image": image, "label": label, "name": path}
 
 
 def find_bad_images(source: ImageSource, channels: int) -> tuple[BadImage, ...]:
     """Every unusable file of an image-folder `source`, with the reason, sorted by path:
     those its listing rejected and those that do not decode (one parallel decode of
-    every image; the rare failures are then diagnosed with Pillow)."""
-    names = list(source.records.map(lambda r: r["name"]).as_numpy_iterator())
-    decodable = source.records.map(
+    every image its `check` does not remember; the rare failures are then diagnosed
+    with Pillow). The check is saved for the next run."""
+    check = source.check
+    if check is None:
+        raise ValueError(f"{source.name} split {source.split!r} is not an image folder opened "
+                         "by load_source: there are no files to check.")
+    pending = check.pending()
+    paths = [path for path, _ in pending]
+    decodes = _decodable(folder_records(paths, [-1] * len(paths), [via for _, via in pending]),
+                         channels) if pending else set()
+    for path in paths:
+        reason = None if path in decodes else _decode_failure(path, channels)
+        check.decoded(path, reason, remember=reason != _DECODES_NOW)
+    if check.remembered:
+        logging.info("%s: %d file(s) unchanged since an earlier check were not checked again "
+                     "(remembered in %s); %d decoded now.", check.split_dir, check.remembered,
+                     check.path, len(paths))
+    check.save()
+    found = source.rejected + tuple(BadImage(path, reason) for path, reason in check.decode_failures())
+    return tuple(sorted(found, key=lambda bad: bad.path))
+
+
+def _decodable(records: tf.data.Dataset, channels: int) -> set[str]:
+    """Names of the `records` whose image decodes."""
+    decodable = records.map(
         lambda r: (r["name"], tf.shape(decode_image(r["image"], channels))[0]),
         num_parallel_calls=tf.data.AUTOTUNE,
-    ).ignore_errors()
-    good = {name for name, _ in decodable.as_numpy_iterator()}
-    failed = [os.fsdecode(name) for name in names if name not in good]
-    found = source.rejected + tuple(BadImage(path, _decode_failure(path, channels)) for path in failed)
-    return tuple(sorted(found, key=lambda bad: bad.path))
+    ).ignore_errors().batch(1024)  # batched: a Python step per image would double the time
+    return {os.fsdecode(name) for names, _ in decodable.as_numpy_iterator() for name in names}
+
+
+# A failure not to remember: the file may have been written during the check.
+_DECODES_NOW = "did not decode during the check but does now: was it being written?"
 
 
 def _decode_failure(path: str, channels: int) -> str:
@@ -71,7 +130,7 @@ def _decode_failure(path: str, channels: int) -> str:
         message = error.message.split("}}")[-1].split("[Op:")[0].strip()
         return (f"TensorFlow cannot decode it ({message}) though Pillow can: re-saving it as PNG "
                 "or JPEG repairs it")
-    return "did not decode during the check but does now: was it being written?"
+    return _DECODES_NOW
 
 
 def find_corrupt_images(source: ImageSource, channels: int) -> tuple[str, ...]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from dim_tf.config import Augmentation
+from dim_tf.data import augment
 from dim_tf.data.preprocessing import decode_image, preprocess
 from dim_tf.data.source import ImageSource
 
@@ -22,12 +24,17 @@ def training_dataset(
     seed: int,
     image_size: int,
     channels: int,
-    random_crop: bool = False,
-    random_flip: bool = False,
+    augmentation: Augmentation = Augmentation(),
+    views: int = 1,
     shuffle_buffer: int = 10_000,
     input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Endless stream of (images, labels) batches starting at global step `start_step`.
+
+    images: float32 in [-1, 1], [batch, image_size, image_size, channels] for one
+    view, [batch, views, image_size, image_size, channels] for several, each view
+    augmented by `augmentation` apart from the others (`dim_tf.data.augment`, seeded
+    by (seed, epoch, index); crops and flips run per image, zooms and colour per batch).
 
     Epoch e is the source shuffled (in blocks of `shuffle_buffer` images) with
     seed (seed, e), cut into
@@ -55,16 +62,26 @@ def training_dataset(
         )).unbatch()
 
         def decode(index, record):
-            element_seed = tf.stack([tf.cast(seed, tf.int64) * 7919 + epoch, index])
-            image = preprocess(decode_image(record["image"], channels), image_size,
-                               random_crop, random_flip, tf.cast(element_seed, tf.int32))
-            return image, record["label"]
+            element_seed = tf.cast(tf.stack([tf.cast(seed, tf.int64) * 7919 + epoch, index]),
+                                   tf.int32)
+            image = decode_image(record["image"], channels)
+            views_of = augment.geometry(image, image_size, augmentation, element_seed, views)
+            draws = augment.finish_draws(augmentation, element_seed, views)
+            if views == 1:
+                views_of, draws = views_of[0], {k: v[0] for k, v in draws.items()}
+            return views_of, draws, record["label"]
 
         return rows.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+    def finish(images, draws, labels):
+        # Resized crops and colour on whole batches: a fraction of their per-image cost.
+        return augment.finish(images, draws, augmentation), labels
+
     first = one_epoch(first_epoch, skip_steps)
     rest = tf.data.Dataset.range(first_epoch + 1, 2**62).flat_map(lambda e: one_epoch(e, 0))
-    return first.concatenate(rest).batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    batches = first.concatenate(rest).batch(per_replica, drop_remainder=True)
+    return batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_dataset(

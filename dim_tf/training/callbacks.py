@@ -1,6 +1,8 @@
 """The Keras callbacks of a training run (`dim_tf.training.run`).
 
 - `TrainingClock`: wall time trained, summed over resumes; stops at the time budget.
+- `ScheduleLength`: fixes a time-based learning-rate schedule's length from the
+  measured throughput; stops at the schedule's end.
 - `CheckpointEvery`: saves every N steps and at every epoch end.
 - `KillPoint`: the fault injection point "train.step_end" (dim_tf/faults.py).
 - `StopOnSigterm`: a SIGTERM finishes the current step and stops.
@@ -15,12 +17,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from typing import Callable
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from dim_tf.faults import kill_point
 from dim_tf.training import model_dir as model_dir_lib
+from dim_tf.training import schedule as schedule_lib
 from dim_tf.training.checkpoints import CheckpointStore
 
 
@@ -47,22 +52,92 @@ class TrainingClock(keras.callbacks.Callback):
 
     The time counts from this callback's creation, before `fit` (dataset start-up
     and tracing included), and continues from what the restored checkpoint's step
-    had trained (`trained_before`).
+    had trained (`trained_before`). `now` is the clock read (seconds; tests pass
+    a simulated one).
     """
 
-    def __init__(self, trained_before: float, budget_seconds: float | None):
+    def __init__(self, trained_before: float, budget_seconds: float | None,
+                 now: Callable[[], float] = time.perf_counter):
         super().__init__()
-        self.trained_before, self.budget_seconds = trained_before, budget_seconds
-        self.started = time.perf_counter()
+        self.trained_before, self.budget_seconds, self.now = trained_before, budget_seconds, now
+        self.started = now()
         self.budget_reached = budget_seconds is not None and trained_before >= budget_seconds
 
     def trained_seconds(self) -> float:
-        return self.trained_before + time.perf_counter() - self.started
+        return self.trained_before + self.now() - self.started
 
     def on_train_batch_end(self, batch, logs=None):
         if self.budget_seconds is not None and self.trained_seconds() >= self.budget_seconds:
             self.budget_reached = True
             self.model.stop_training = True
+
+
+class ScheduleLength(keras.callbacks.Callback):
+    """Stops at the learning-rate schedule's last step; first fixes the length of a
+    time-based schedule from the throughput measured in this process.
+
+    With `schedule_seconds` and no length yet, each `fit` skips its first tenth of
+    `calibration_steps` steps (tracing, the input pipeline filling its buffers),
+    then times the rest of them on `clock`, the run's training time. The schedule
+    then ends at `schedule_lib.length_from_throughput`, or at `epoch_steps` if
+    that comes first; the length is recorded in schedule.json (chief only:
+    `model_dir` is None elsewhere) and logged. Each `fit` times its steps afresh,
+    so a partial epoch's `fit` too short to time is not mixed with the next one's
+    start-up.
+
+    Place it after the clock (which it reads) and before `CheckpointEvery`, so
+    that the epoch-end checkpoint saves the schedule's last step.
+    """
+
+    def __init__(self, schedule: schedule_lib.WarmupThenDecay, clock: TrainingClock,
+                 epoch_steps: int, schedule_seconds: float | None = None,
+                 calibration_steps: int = 300, model_dir: str | None = None):
+        super().__init__()
+        self.schedule, self.clock, self.epoch_steps = schedule, clock, epoch_steps
+        self.schedule_seconds, self.calibration_steps = schedule_seconds, calibration_steps
+        self.skipped_steps = max(1, calibration_steps // 10)
+        self.model_dir = model_dir
+        self.length = schedule.length
+        self.reached = False
+        self._batches, self._mark = 0, None
+
+    def on_train_begin(self, logs=None):
+        self._batches, self._mark = 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if self.length is None and self.schedule_seconds is not None:
+            self._calibrate(step)
+        if self.length is not None and step >= self.length:
+            self.reached = True
+            self.model.stop_training = True
+
+    def _calibrate(self, step: int) -> None:
+        self._batches += 1
+        if self._batches == self.skipped_steps:
+            self._mark = (step, self.clock.trained_seconds())
+        elif self._batches == self.calibration_steps:
+            first_step, first_seconds = self._mark
+            trained = self.clock.trained_seconds()
+            self._fix(first_step, step, (step - first_step) / max(trained - first_seconds, 1e-9),
+                      trained)
+
+    def _fix(self, first_step: int, step: int, steps_per_second: float, trained: float) -> None:
+        by_time = schedule_lib.length_from_throughput(step, steps_per_second, trained,
+                                                      self.schedule_seconds)
+        self.length = min(by_time, self.epoch_steps)
+        self.schedule.fix_length(self.length)
+        length_from = "time" if by_time < self.epoch_steps else "epochs"
+        if self.model_dir:
+            schedule_lib.write_record(self.model_dir, schedule_lib.ScheduleRecord(
+                self.schedule.decay, self.length, length_from, fixed_at_step=step,
+                steps_per_second=round(steps_per_second, 4),
+                schedule_seconds=self.schedule_seconds))
+        logging.info(
+            "Learning-rate schedule: %.2f steps/s over steps %d-%d, %.1f of %.1f min trained: "
+            "the %s decay ends at step %d%s.", steps_per_second, first_step, step, trained / 60,
+            self.schedule_seconds / 60, self.schedule.decay, self.length,
+            "" if length_from == "time" else " (the end of --epochs, which comes first)")
 
 
 class CheckpointEvery(keras.callbacks.Callback):

@@ -17,6 +17,13 @@ replicas; by default every other image of the *global* batch is a negative
 step on the same global batch (batch norm is synchronised; prior samples are
 drawn for the global batch from a stateless seed and sliced per replica).
 
+A batch [n, V, H, W, C] of V >= 2 augmented views of each image trains
+multi-view DIM (Bachman et al. 2019, Augmented Multiscale DIM): the encoder runs
+once on the n * V views, and for every ordered pair of views (a, b), a != b,
+view a's global code is scored against view b's local map, the same image's as
+the positive and other images' view-b maps as negatives; an image's loss is the
+mean over the pairs. A batch [n, H, W, C] is the paper's single-view DIM.
+
 A step with a NaN or Inf in any term or checked gradient applies nothing and
 stops `fit` with `NonFiniteError` naming the step and the terms. The flags are
 computed in the graph and turned into names on the host, so the guard also
@@ -52,9 +59,11 @@ from dim_tf.models.heads import (
 from dim_tf.models.encoders import build_encoder
 from dim_tf.objectives import prior as prior_lib
 from dim_tf.objectives import scores as scores_lib
+from dim_tf.objectives import stabilization
 from dim_tf.objectives.estimators import canonical_estimator, per_example_mi
 from dim_tf.training import precision
 from dim_tf.training.keras_hooks import PrebuiltModel
+from dim_tf.training.schedule import learning_rate_for
 
 # Under multi-replica strategies the guard is an in-graph assertion whose message
 # reads "assertion failed: [NaN or Inf at DIM training step] [STEP] [flags:] [0 1 ...]".
@@ -77,10 +86,11 @@ def build_model(config: TrainConfig, monitor_classes: int | None = None) -> "Dee
         encoder, estimator=config.estimator, alpha=config.alpha, beta=config.beta,
         gamma=config.gamma, mi_units=config.mi_units, local_critic=config.local_critic,
         negatives=config.negatives, gradient_penalty_weight=config.gradient_penalty_weight,
-        seed=config.seed,
+        score_clip=config.score_clip, score_penalty=config.score_penalty, seed=config.seed,
         monitor_classes=monitor_classes if config.monitor else None,
     )
-    model.compile(default_optimizer(config.learning_rate), default_optimizer(config.learning_rate))
+    rate = learning_rate_for(config)  # both players; the online monitor keeps its constant rate
+    model.compile(default_optimizer(rate), default_optimizer(rate))
     return model
 
 
@@ -92,6 +102,67 @@ def _images_and_labels(data):
     if isinstance(data, (tuple, list)):
         return data[0], (data[1] if len(data) > 1 else None)
     return data, None
+
+
+def _views_of(images) -> int:
+    """Views per image of a batch: 1 for [n, H, W, C], V for [n, V, H, W, C]."""
+    shape = tf.TensorShape(images.shape)
+    if shape.rank == 4:
+        return 1
+    if shape.rank == 5 and shape[1] is not None:
+        return int(shape[1])
+    raise ValueError("images must be a batch [n, H, W, C] or of views [n, V, H, W, C] with V "
+                     f"known when the step is traced; got shape {shape}.")
+
+
+def _reshaped(value: tf.Tensor, leading: list[int], keep_from: int) -> tf.Tensor:
+    """`value` reshaped to leading + its dims from `keep_from` on, static where known
+    (the FLOP count and XLA want static shapes)."""
+    dims = [d if d is not None else tf.shape(value)[i]
+            for i, d in enumerate(value.shape.as_list()[keep_from:], start=keep_from)]
+    return tf.reshape(value, leading + dims)
+
+
+def _flatten_views(images):
+    """[n, V, H, W, C] -> [n * V, H, W, C], image-major (image 0's views first), so
+    the codes of a replica's images stay one consecutive block of the global batch."""
+    if tf.TensorShape(images.shape).rank == 4:
+        return images
+    return _reshaped(tf.convert_to_tensor(images), [-1], keep_from=2)
+
+
+def _split_views(features: tf.Tensor, views: int) -> list[tf.Tensor]:
+    """Image-major [n * V, ...] -> V tensors [n, ...], one per view (reshape and
+    unstack: a strided slice of the batch axis is several times slower on CPU)."""
+    if views == 1:
+        return [features]
+    return tf.unstack(_reshaped(features, [-1, views], keep_from=1), num=views, axis=1)
+
+
+def _view_pairs(views: int) -> list[tuple[int, int]]:
+    """(code view, map view) pairs scored: every ordered pair of distinct views, or
+    with one view the image's own code against its own map."""
+    if views == 1:
+        return [(0, 0)]
+    return [(a, b) for a in range(views) for b in range(views) if a != b]
+
+
+def _mean(values: list[tf.Tensor]) -> tf.Tensor:
+    """Elementwise mean of equally shaped tensors (one tensor is returned as is)."""
+    return values[0] if len(values) == 1 else tf.add_n(values) / float(len(values))
+
+
+def _mean_over_views(per_code: tf.Tensor, views: int) -> tf.Tensor:
+    """Image-major per-code values [n * V] -> per-image means [n]."""
+    if views == 1:
+        return per_code
+    return tf.reduce_mean(tf.reshape(per_code, [-1, views]), axis=1)
+
+
+def _first_view(features: dict, views: int) -> dict:
+    """The features of each image's view 0 (what the online monitor sees)."""
+    return features if views == 1 else {name: _split_views(value, views)[0]
+                                        for name, value in features.items()}
 
 
 def _cross_replica_merges() -> bool:
@@ -184,6 +255,12 @@ class DeepInfoMax(PrebuiltModel):
         negative_group_size: if set, each image competes only with the images
             of its group of this many consecutive images (see `objectives.scores`).
         gradient_penalty_weight: weight of D's zero-centred gradient penalty.
+        score_clip: if > 0, the local and global estimators see the soft-clipped
+            scores c * tanh(s / c) (AMDIM; see `objectives.stabilization`).
+        score_penalty: if > 0, each objective's loss gains this weight times the
+            mean squared raw score of the image's rows (logged as
+            "local_score_penalty" and "global_score_penalty", unweighted), so it
+            is scaled by beta and alpha with its objective.
         sync_batch_norm: synchronise the MI heads' batch-norm statistics across
             replicas (build the encoder with the same setting).
         seed: seed of the prior samples.
@@ -192,6 +269,10 @@ class DeepInfoMax(PrebuiltModel):
             batches' labels (label < 0 = unlabelled, ignored), as the reference
             code's online monitor; no gradient of it reaches the encoder.
         monitor_layers: encoder outputs the online monitor probes.
+
+    The number of views is the batch's: images [n, H, W, C] are one view (the
+    paper), [n, V, H, W, C] are V views of each of n images (see the module
+    docstring); labels are [n] either way, and the online monitor sees view 0.
 
     `fit` on arrays keeps a last partial batch (Keras' behaviour); the command
     line and the reference code drop it, so every step there sees a full batch.
@@ -210,6 +291,8 @@ class DeepInfoMax(PrebuiltModel):
         negatives: str = "global",
         negative_group_size: int | None = None,
         gradient_penalty_weight: float = 1.0,
+        score_clip: float = 0.0,
+        score_penalty: float = 0.0,
         sync_batch_norm: bool = True,
         seed: int = 0,
         monitor_classes: int | None = None,
@@ -218,7 +301,8 @@ class DeepInfoMax(PrebuiltModel):
     ):
         super().__init__(**kwargs)
         for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma),
-                            ("gradient_penalty_weight", gradient_penalty_weight)):
+                            ("gradient_penalty_weight", gradient_penalty_weight),
+                            ("score_clip", score_clip), ("score_penalty", score_penalty)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
         if alpha == 0 and beta == 0:
@@ -239,6 +323,7 @@ class DeepInfoMax(PrebuiltModel):
         self.negatives = negatives
         self.negative_group_size = None if negative_group_size is None else int(negative_group_size)
         self.gradient_penalty_weight = float(gradient_penalty_weight)
+        self.score_clip, self.score_penalty = float(score_clip), float(score_penalty)
         self.seed = int(seed)
         self.y_units = int(encoder.output["y"].shape[-1])
 
@@ -269,10 +354,10 @@ class DeepInfoMax(PrebuiltModel):
 
     def _metric_names(self) -> list[str]:
         names = ["loss"]
-        if self.beta > 0:
-            names += ["local_loss", "local_mi"]
-        if self.alpha > 0:
-            names += ["global_loss", "global_mi"]
+        penalty = ["_score_penalty"] if self.score_penalty > 0 else []
+        for objective, weight in (("local", self.beta), ("global", self.alpha)):
+            if weight > 0:
+                names += [f"{objective}{suffix}" for suffix in ["_loss", "_mi"] + penalty]
         if self.gamma > 0:
             names += ["prior_loss", "prior_disc_loss", "prior_gradient_penalty",
                       "prior_disc_accuracy"]
@@ -347,30 +432,55 @@ class DeepInfoMax(PrebuiltModel):
 
     # ------------------------------------------------------------- objectives
 
-    def _encoder_side_terms(self, features: dict, training: bool) -> dict:
-        """Per-example losses and MI estimates of the local and global objectives."""
+    def _encoder_side_terms(self, features: dict, training: bool, views: int = 1) -> dict:
+        """Per-image losses and MI estimates of the local and global objectives
+        (each the mean over the view pairs), and their score penalties."""
         terms = {}
-        y, local_map = features["y"], features["local"]
-        across = self.negatives == "global"
-        groups = self.negative_group_size
         if self.beta > 0:
-            if self.local_critic is None:
-                scores, positive = scores_lib.dot_product_scores(
-                    self.local_code_projection(y, training=training),
-                    self.local_map_projection(local_map, training=training),
-                    across, groups,
-                )
-            else:
-                scores, positive = scores_lib.concat_critic_scores(
-                    self.local_critic, y, local_map, across, groups
-                )
-            terms["local_loss"], terms["local_mi"] = per_example_mi(scores, positive, self.estimator)
+            terms.update(self._objective_terms("local", self._local_scores(features, training, views)))
         if self.alpha > 0:
-            scores, positive = scores_lib.global_critic_scores(
-                self.global_critic, y, local_map, across, groups
-            )
-            terms["global_loss"], terms["global_mi"] = per_example_mi(scores, positive, self.estimator)
+            terms.update(self._objective_terms("global", self._global_scores(features, views)))
         return terms
+
+    def _local_scores(self, features: dict, training: bool, views: int) -> list:
+        """(scores, positive_index) of the local critic for every view pair."""
+        y, local_map = features["y"], features["local"]
+        across, groups = self.negatives == "global", self.negative_group_size
+        if self.local_critic is not None:
+            codes, maps = _split_views(y, views), _split_views(local_map, views)
+            return [scores_lib.concat_critic_scores(self.local_critic, codes[a], maps[b], across, groups)
+                    for a, b in _view_pairs(views)]
+        # The heads project every view at once: one batch-norm batch, as the encoder's.
+        codes = _split_views(self.local_code_projection(y, training=training), views)
+        maps = _split_views(self.local_map_projection(local_map, training=training), views)
+        return [scores_lib.dot_product_scores(codes[a], maps[b], across, groups)
+                for a, b in _view_pairs(views)]
+
+    def _global_scores(self, features: dict, views: int) -> list:
+        """(scores, positive_index) of the global critic for every view pair."""
+        codes, maps = _split_views(features["y"], views), _split_views(features["local"], views)
+        across, groups = self.negatives == "global", self.negative_group_size
+        return [scores_lib.global_critic_scores(self.global_critic, codes[a], maps[b], across, groups)
+                for a, b in _view_pairs(views)]
+
+    def _objective_terms(self, objective: str, pair_scores: list) -> dict:
+        """An objective's per-image loss and MI (and score penalty): the means over
+        the view pairs of the estimator on the (soft-clipped) scores."""
+        estimates = [per_example_mi(stabilization.soft_clip(scores, self.score_clip), positive,
+                                    self.estimator) for scores, positive in pair_scores]
+        terms = {f"{objective}_loss": _mean([e.loss for e in estimates]),
+                 f"{objective}_mi": _mean([e.mi for e in estimates])}
+        if self.score_penalty > 0:
+            terms[f"{objective}_score_penalty"] = _mean(
+                [stabilization.score_penalty(scores) for scores, _ in pair_scores])
+        return terms
+
+    def _objective_loss(self, objective: str, terms: dict) -> tf.Tensor:
+        """An objective's per-image loss with its weighted score penalty, if any."""
+        loss = terms[f"{objective}_loss"]
+        if self.score_penalty > 0:
+            loss += self.score_penalty * terms[f"{objective}_score_penalty"]
+        return loss
 
     def _prior_samples(self, batch_size: tf.Tensor, stream: int) -> tf.Tensor:
         """This replica's slice of prior samples drawn for the whole global batch."""
@@ -380,32 +490,42 @@ class DeepInfoMax(PrebuiltModel):
         samples = prior_lib.sample_uniform_prior(tf.stack([global_size, self.y_units]), seed)
         return samples[offset: offset + batch_size]
 
+    def _prior_terms(self, y: tf.Tensor, training: bool, views: int) -> dict:
+        """Per-image prior-matching terms, each the mean over the image's views' codes.
+
+        The prior samples are drawn for the global batch of codes (images x views,
+        image-major), so a replica's slice is the single device's."""
+        codes = prior_lib.squash_codes(y)
+        disc = prior_lib.discriminator_terms(
+            self.prior_discriminator,
+            self._prior_samples(tf.shape(codes)[0], stream=0 if training else 1),
+            tf.stop_gradient(codes),
+        )
+        per_code = {"prior_loss": prior_lib.encoder_adversarial_loss(self.prior_discriminator, codes),
+                    "prior_disc_loss": disc.loss,
+                    "prior_gradient_penalty": disc.gradient_penalty,
+                    "prior_disc_accuracy": disc.accuracy}
+        return {name: _mean_over_views(value, views) for name, value in per_code.items()}
+
     def _step_terms(self, images, training: bool):
-        """Forward pass: (encoder-side per-example loss, D's per-example loss, terms,
-        features)."""
-        features = self.encoder(images, training=training)
-        terms = self._encoder_side_terms(features, training)
+        """Forward pass: (encoder-side per-image loss, D's per-image loss, terms,
+        features of view 0)."""
+        views = _views_of(images)
+        features = self.encoder(_flatten_views(images), training=training)
+        terms = self._encoder_side_terms(features, training, views)
         encoder_loss = 0.0
         if self.beta > 0:
-            encoder_loss += self.beta * terms["local_loss"]
+            encoder_loss += self.beta * self._objective_loss("local", terms)
         if self.alpha > 0:
-            encoder_loss += self.alpha * terms["global_loss"]
+            encoder_loss += self.alpha * self._objective_loss("global", terms)
         prior_loss = None
         if self.gamma > 0:
-            codes = prior_lib.squash_codes(features["y"])
-            terms["prior_loss"] = prior_lib.encoder_adversarial_loss(self.prior_discriminator, codes)
+            terms.update(self._prior_terms(features["y"], training, views))
             encoder_loss += self.gamma * terms["prior_loss"]
-            disc = prior_lib.discriminator_terms(
-                self.prior_discriminator,
-                self._prior_samples(tf.shape(codes)[0], stream=0 if training else 1),
-                tf.stop_gradient(codes),
-            )
-            terms["prior_disc_loss"] = disc.loss
-            terms["prior_gradient_penalty"] = disc.gradient_penalty
-            terms["prior_disc_accuracy"] = disc.accuracy
-            prior_loss = disc.loss + self.gradient_penalty_weight * disc.gradient_penalty
+            prior_loss = (terms["prior_disc_loss"]
+                          + self.gradient_penalty_weight * terms["prior_gradient_penalty"])
         terms["loss"] = encoder_loss
-        return encoder_loss, prior_loss, terms, features
+        return encoder_loss, prior_loss, terms, _first_view(features, views)
 
     def _monitor_terms(self, features: dict, labels, training: bool):
         """Per-example masked cross-entropy of the monitors and their accuracy terms.

@@ -7,10 +7,14 @@ The run owns `model_dir`:
     model_dir/logs/train/        TensorBoard scalars
     model_dir/summary.json       steps done, wall time, images/s, last metrics
     model_dir/training_time.json wall time trained up to each checkpoint (for --time_budget_minutes)
+    model_dir/schedule.json      the learning-rate schedule's length, once fixed (schedule.py)
 
 Rerunning the same config continues from the newest readable checkpoint (even
 after kill -9, see checkpoints.py), with the same batches an uninterrupted run
-would have seen; a finished run is not trained again. One process trains in a
+would have seen; a finished run is not trained again. A run with a decaying
+learning rate (--lr_schedule) ends at the schedule's last step, or at the end of
+--epochs if that comes first; a time-based schedule's length is measured in the
+run's first steps and kept for its resumes. One process trains in a
 model_dir at a time, and the directory is probed for writing before training
 (model_dir.py). A NaN or Inf in any term or gradient stops the run before that
 step changes any weight (dim_model.py); nothing non-finite is saved.
@@ -28,7 +32,6 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 
 import keras
 import tensorflow as tf
@@ -48,6 +51,7 @@ from dim_tf.data import source as source_lib
 from dim_tf.errors import ConfigError, DataError, NonFiniteError, Preempted, TrainingError
 from dim_tf.training import callbacks as callbacks_lib
 from dim_tf.training import model_dir as model_dir_lib
+from dim_tf.training import schedule as schedule_lib
 from dim_tf.training.checkpoints import (
     CheckpointStore,
     checkpoint_bytes,
@@ -65,6 +69,10 @@ from dim_tf.training.strategy import is_chief, make_strategy, worker_id
 class TrainResult:
     """What one call of `train` did; summary.json holds it (all but `chief`).
 
+    total_steps: where the run ends: its --epochs, or its learning-rate
+        schedule's last step if that comes first (once fixed).
+    stopped_by: why training ended at `end_step`: "epochs", "lr_schedule" (the
+        schedule's last step) or "time_budget".
     chief: whether this process is the run's chief, the one that writes in
         model_dir (always, but for the other workers of a multi-worker run).
     """
@@ -76,6 +84,7 @@ class TrainResult:
     seconds: float
     trained_seconds: float
     stopped_by_time_budget: bool
+    stopped_by: str
     images_per_second: float | None
     metrics: dict
     skipped_images: tuple[str, ...]
@@ -88,8 +97,26 @@ class TrainResult:
 
 @dataclasses.dataclass(frozen=True)
 class _StepPlan:
+    """Steps per epoch, in --epochs, and in the learning-rate schedule once fixed."""
+
     steps_per_epoch: int
-    total_steps: int
+    epoch_steps: int
+    schedule_steps: int | None = None
+
+    @property
+    def total_steps(self) -> int:
+        """Where the run ends: its epochs' end, or the schedule's if that comes first."""
+        if self.schedule_steps is None:
+            return self.epoch_steps
+        return min(self.epoch_steps, self.schedule_steps)
+
+    def stopped_by(self, step: int) -> str | None:
+        """Why `step` ends the run ("epochs" or "lr_schedule"), or None if it does not."""
+        if step >= self.epoch_steps:
+            return "epochs"
+        if self.schedule_steps is not None and step >= self.schedule_steps:
+            return "lr_schedule"
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +133,14 @@ class _Start:
 class _Callbacks:
     clock: callbacks_lib.TrainingClock
     stopper: callbacks_lib.StopOnSigterm
+    schedule_end: callbacks_lib.ScheduleLength | None
     in_order: list[keras.callbacks.Callback]
+
+    def stopped(self) -> bool:
+        """Whether `fit` was stopped before its epochs' end: SIGTERM, the time budget
+        or the learning-rate schedule's last step."""
+        return (self.stopper.requested or self.clock.budget_reached
+                or (self.schedule_end is not None and self.schedule_end.reached))
 
 
 def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
@@ -159,7 +193,8 @@ def _train_with(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bo
     budget, trained_before = _time_budget(config, strategy, start.step)
     if chief:
         _write_run_files(config, source, start, plan, extra_files)
-    callbacks = _make_callbacks(config, strategy, start.store, chief, trained_before, budget)
+    plan = _fix_schedule_length(config, strategy, start, plan, chief, start_over)
+    callbacks = _make_callbacks(config, strategy, start, plan, chief, trained_before, budget)
     logs = _fit(config, strategy, source, plan, start, callbacks)
     return _result(config, source, plan, start, callbacks, logs, chief)
 
@@ -218,6 +253,60 @@ def _plan_steps(config: TrainConfig, source: source_lib.ImageSource) -> _StepPla
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     return _StepPlan(steps_per_epoch, config.epochs * steps_per_epoch)
+
+
+def _fix_schedule_length(config: TrainConfig, strategy: tf.distribute.Strategy, start: _Start,
+                         plan: _StepPlan, chief: bool, start_over: bool) -> _StepPlan:
+    """Fixes the learning-rate schedule's length, if known before training, and returns
+    the plan ending there.
+
+    The length is the run's schedule.json if it has one (written when the length
+    was first fixed: a resumed run never measures again), else --epochs' steps,
+    unless the schedule spans time (--schedule_minutes or --time_budget_minutes)
+    and its throughput can be measured before those end: then it is fixed during
+    training (`callbacks.ScheduleLength`).
+    """
+    schedule = schedule_lib.schedule_of(start.model.optimizer)
+    if schedule is None:  # constant learning rate
+        return plan
+    if config.schedule_seconds is not None and isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):  # --strategy=auto found a cluster
+        raise ConfigError("--schedule_minutes is not supported with several workers (each would "
+                          "time its own steps); decay over --epochs instead.")
+    # After --start_over the chief has moved the old record away (the other workers
+    # must not read it meanwhile).
+    record = None if start_over else schedule_lib.read_record(config.model_dir)
+    if record is None and (config.schedule_seconds is None
+                           or _calibration_end(config, plan, start.step) >= plan.epoch_steps):
+        record = schedule_lib.ScheduleRecord(config.lr_schedule, plan.epoch_steps, "epochs",
+                                             fixed_at_step=start.step)
+        if chief:
+            schedule_lib.write_record(config.model_dir, record)
+    if record is None:
+        logging.info("Learning-rate schedule: the %s decay spans %g min of training; its length "
+                     "in steps is fixed from the throughput of steps %d-%d.", config.lr_schedule,
+                     config.schedule_seconds / 60, start.step, _calibration_end(config, plan,
+                                                                                start.step))
+        return plan
+    schedule.fix_length(record.total_steps)
+    if record.length_from == "epochs" and record.total_steps != plan.epoch_steps:
+        logging.warning("The learning-rate schedule of the run in %s was fixed at %d steps (%s) "
+                        "when it started; --epochs now plans %d. The schedule is kept; the run "
+                        "ends at whichever comes first (--start_over trains a new schedule).",
+                        config.model_dir, record.total_steps, schedule_lib.SCHEDULE_FILE,
+                        plan.epoch_steps)
+    return dataclasses.replace(plan, schedule_steps=record.total_steps)
+
+
+def _calibration_end(config: TrainConfig, plan: _StepPlan, start_step: int) -> int:
+    """The step at which a time-based schedule's throughput is measured: after
+    --schedule_calibration_steps steps of one `fit` (a resumed partial epoch's own
+    `fit` counts only if it is long enough)."""
+    offset = start_step % plan.steps_per_epoch
+    partial = plan.steps_per_epoch - offset if offset else 0
+    if partial and partial < config.schedule_calibration_steps:
+        start_step += partial
+    return start_step + config.schedule_calibration_steps
 
 
 def _restore_or_start(config: TrainConfig, strategy: tf.distribute.Strategy,
@@ -285,15 +374,21 @@ def _write_run_file(model_dir: str, name: str, text: str) -> None:
                             "fix the permissions there, then rerun the same command.") from error
 
 
-def _make_callbacks(config: TrainConfig, strategy: tf.distribute.Strategy, store: CheckpointStore,
-                    chief: bool, trained_before: float, budget: float | None) -> _Callbacks:
+def _make_callbacks(config: TrainConfig, strategy: tf.distribute.Strategy, start: _Start,
+                    plan: _StepPlan, chief: bool, trained_before: float,
+                    budget: float | None) -> _Callbacks:
     clock = callbacks_lib.TrainingClock(trained_before, budget)
     stopper = callbacks_lib.StopOnSigterm()
-    # The kill point and the stop callback run before the checkpoint callback:
-    # a step is killed before its save, and the stop request of a step is seen
-    # before that epoch's final save.
+    schedule = schedule_lib.schedule_of(start.model.optimizer)
+    schedule_end = None if schedule is None else callbacks_lib.ScheduleLength(
+        schedule, clock, plan.epoch_steps, config.schedule_seconds,
+        config.schedule_calibration_steps, config.model_dir if chief else None)
+    # The kill point and the stop callbacks run before the checkpoint callback:
+    # a step is killed before its save, and the stop request of a step (SIGTERM,
+    # the schedule's end) is seen before that epoch's final save.
     in_order = [callbacks_lib.KillPoint(), stopper, clock,
-                callbacks_lib.CheckpointEvery(store, config.checkpoint_every, clock,
+                *([schedule_end] if schedule_end else []),
+                callbacks_lib.CheckpointEvery(start.store, config.checkpoint_every, clock,
                                               config.model_dir if chief else None),
                 callbacks_lib.ScalarLogger(os.path.join(config.model_dir, TRAIN_LOG_DIR) if chief
                                            else None, config.log_every, config.batch_size)]
@@ -301,7 +396,7 @@ def _make_callbacks(config: TrainConfig, strategy: tf.distribute.Strategy, store
         # Workers receive signals independently and would stop at different steps,
         # deadlocking the collectives: rely on resuming from the last checkpoint.
         in_order.remove(stopper)
-    return _Callbacks(clock, stopper, in_order)
+    return _Callbacks(clock, stopper, schedule_end, in_order)
 
 
 def _fit(config: TrainConfig, strategy: tf.distribute.Strategy, source: source_lib.ImageSource,
@@ -310,7 +405,12 @@ def _fit(config: TrainConfig, strategy: tf.distribute.Strategy, source: source_l
     budget is spent); returns the last logs. Raises NonFiniteError naming the step
     and the terms in their TensorBoard tags."""
     clock = callbacks.clock
-    if start.step >= plan.total_steps:
+    finished = plan.stopped_by(start.step)
+    if finished == "lr_schedule":
+        logging.info("Run in %s already finished its learning-rate schedule (%d steps, %s): "
+                     "nothing to train.", config.model_dir, start.step, schedule_lib.SCHEDULE_FILE)
+        return {}
+    if finished:
         logging.info("Run in %s already finished (%d steps): nothing to train.", config.model_dir,
                      start.step)
         return {}
@@ -321,8 +421,7 @@ def _fit(config: TrainConfig, strategy: tf.distribute.Strategy, source: source_l
         return {}
     try:
         return _fit_from(start.model, strategy, source, config, plan.steps_per_epoch, start.step,
-                         callbacks.in_order,
-                         stop=lambda: callbacks.stopper.requested or clock.budget_reached)
+                         callbacks.in_order, stop=callbacks.stopped)
     except NonFiniteError as error:
         logged = {m.name for m in start.model.metrics}
         named = ", ".join(f"{callbacks_lib.metric_tag(t)} ({t})" if t in logged else t
@@ -345,9 +444,8 @@ def _fit_from(model, strategy, source, config, steps_per_epoch, start_step, call
             return streams.training_dataset(
                 source, global_batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
                 start_step=step, seed=config.seed, image_size=config.image_size,
-                channels=config.channels, random_crop=config.random_crop,
-                random_flip=config.random_flip, shuffle_buffer=config.shuffle_buffer,
-                input_context=context,
+                channels=config.channels, augmentation=config.augmentation, views=config.views,
+                shuffle_buffer=config.shuffle_buffer, input_context=context,
             )
         return strategy.distribute_datasets_from_function(fn)
 
@@ -369,7 +467,7 @@ def _result(config: TrainConfig, source: source_lib.ImageSource, plan: _StepPlan
             callbacks: _Callbacks, logs: dict, chief: bool) -> TrainResult:
     """The TrainResult (summary.json on the chief); raises Preempted after a SIGTERM."""
     clock = callbacks.clock
-    seconds = time.perf_counter() - clock.started
+    seconds = clock.now() - clock.started
     end_step = callbacks_lib.global_step(start.model)
     if callbacks.stopper.requested:
         raise Preempted(
@@ -378,11 +476,15 @@ def _result(config: TrainConfig, source: source_lib.ImageSource, plan: _StepPlan
         )
     if start.scratch:
         shutil.rmtree(start.scratch, ignore_errors=True)
+    if callbacks.schedule_end is not None:  # a time-based length is fixed during training
+        plan = dataclasses.replace(plan, schedule_steps=callbacks.schedule_end.length)
     trained = end_step - start.step
+    stopped_by = plan.stopped_by(end_step)
     result = TrainResult(
         model_dir=config.model_dir, total_steps=plan.total_steps, start_step=start.step,
         end_step=end_step, seconds=seconds, trained_seconds=clock.trained_seconds(),
-        stopped_by_time_budget=clock.budget_reached and end_step < plan.total_steps,
+        stopped_by_time_budget=stopped_by is None and clock.budget_reached,
+        stopped_by=stopped_by or "time_budget",
         images_per_second=(trained * config.batch_size / seconds) if trained else None,
         metrics={k: float(v) for k, v in logs.items()},
         skipped_images=source.corrupt, chief=chief,

@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dim_tf.config import Augmentation
 from dim_tf.data import loaders, preprocessing, source as source_lib, streams
 from tests.training.synthetic import write_image_folder
+
+FLIPS = Augmentation(random_flip=True)
+# Every augmentation, each view drawing its own.
+FULL = Augmentation(random_crop=True, crop_min_area=0.5, random_flip=True, color_jitter=0.5,
+                    grayscale_probability=0.3)
+STREAMS = pytest.mark.parametrize("augmentation, views", [(FLIPS, 1), (FULL, 2)],
+                                  ids=["flips", "all-2-views"])
 
 
 @pytest.fixture
@@ -15,19 +23,21 @@ def folder(tmp_path):
     return str(tmp_path / "images")
 
 
-def _stream(source, start_step, steps=7, **kwargs):
+def _stream(source, start_step, steps=7, augmentation=FLIPS, **kwargs):
     dataset = streams.training_dataset(
         source, global_batch_size=4, steps_per_epoch=5, start_step=start_step, seed=3,
-        image_size=32, channels=3, random_flip=True, shuffle_buffer=8, **kwargs,
+        image_size=32, channels=3, augmentation=augmentation, shuffle_buffer=8, **kwargs,
     )
     return [(images.numpy(), labels.numpy()) for images, labels in dataset.take(steps)]
 
 
-def test_stream_resumed_at_any_step_matches_uninterrupted(folder):
+@STREAMS
+def test_stream_resumed_at_any_step_matches_uninterrupted(folder, augmentation, views):
     source = loaders.load_source(f"folder:{folder}", "train")
-    straight = _stream(source, 0, steps=14)
+    straight = _stream(source, 0, steps=14, augmentation=augmentation, views=views)
+    assert straight[0][0].shape == ((4, 32, 32, 3) if views == 1 else (4, views, 32, 32, 3))
     for start in (3, 5, 9):
-        resumed = _stream(source, start)
+        resumed = _stream(source, start, augmentation=augmentation, views=views)
         for (a, la), (b, lb) in zip(straight[start:], resumed):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(la, lb)
@@ -36,13 +46,17 @@ def test_stream_resumed_at_any_step_matches_uninterrupted(folder):
     second_epoch = np.concatenate([b[0] for b in straight[5:10]])
     assert not np.array_equal(first_epoch, second_epoch)
     assert len({x.tobytes() for x in first_epoch}) == 20
+    if views > 1:  # each view of an image is augmented apart, and anew every epoch
+        assert not any(np.array_equal(x[0], x[1]) for x in first_epoch)
 
 
-def test_stream_splits_global_batches_across_input_pipelines(folder):
+@STREAMS
+def test_stream_splits_global_batches_across_input_pipelines(folder, augmentation, views):
     source = loaders.load_source(f"folder:{folder}", "train")
-    whole = _stream(source, 0, steps=4)
+    whole = _stream(source, 0, steps=4, augmentation=augmentation, views=views)
     halves = [
-        _stream(source, 0, steps=4, input_context=tf.distribute.InputContext(2, i, 2))
+        _stream(source, 0, steps=4, augmentation=augmentation, views=views,
+                input_context=tf.distribute.InputContext(2, i, 2))
         for i in range(2)
     ]
     for step, (images, _) in enumerate(whole):
@@ -55,14 +69,15 @@ def test_stream_splits_global_batches_across_input_pipelines(folder):
 def test_smaller_image_gets_the_same_pixels_in_training_evaluation_and_serving(
         tmp_path, random_crop, file_channels, channels):
     # A 28x28 image (the MNIST family's size) for a 32x32 encoder: resized up, the
-    # random crop (if any) then covers the whole image, so all three paths must agree.
+    # random crop without padding (if any) then covers the whole image, so all three
+    # paths must agree.
     pixels = np.random.default_rng(3).integers(0, 256, (28, 28, file_channels), dtype=np.uint8)
     (tmp_path / "train" / "digit").mkdir(parents=True)
     (tmp_path / "train" / "digit" / "0.png").write_bytes(tf.io.encode_png(pixels).numpy())
     source = loaders.load_source(f"folder:{tmp_path}", "train")
     train_images, _ = next(iter(streams.training_dataset(
         source, global_batch_size=1, steps_per_epoch=1, start_step=0, seed=5, image_size=32,
-        channels=channels, random_crop=random_crop)))
+        channels=channels, augmentation=Augmentation(random_crop=random_crop, crop_padding=0))))
     eval_images, _ = next(iter(streams.evaluation_dataset(source, batch_size=1, image_size=32,
                                                           channels=channels)))
     served = preprocessing.prepare_batch(tf.constant(pixels[None]), 32, channels)  # serving's
@@ -71,3 +86,19 @@ def test_smaller_image_gets_the_same_pixels_in_training_evaluation_and_serving(
     np.testing.assert_allclose(served, eval_images, atol=1e-6)
     assert (source_lib.log_if_enlarged(source, channels, 32)
             and not source_lib.log_if_enlarged(source, channels, 28))
+
+
+def test_mirrored_replicas_get_their_rows_of_the_global_batch_of_views(folder):
+    # The colour kernel is XLA-compiled inside the input pipeline of each replica.
+    source = loaders.load_source(f"folder:{folder}", "train")
+    whole = _stream(source, 0, steps=2, augmentation=FULL, views=2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    distributed = strategy.distribute_datasets_from_function(
+        lambda context: streams.training_dataset(
+            source, global_batch_size=4, steps_per_epoch=5, start_step=0, seed=3, image_size=32,
+            channels=3, augmentation=FULL, views=2, shuffle_buffer=8, input_context=context))
+    for (images, labels), (want, want_labels) in zip(distributed, whole):
+        got = np.concatenate([x.numpy() for x in strategy.experimental_local_results(images)])
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(
+            np.concatenate(strategy.experimental_local_results(labels)), want_labels)

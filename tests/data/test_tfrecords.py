@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from dim_tf.config import ConfigError, TrainConfig
+from dim_tf.config import Augmentation, ConfigError, TrainConfig
 from dim_tf.data import loaders, streams
 from dim_tf.data.tfrecords import read_tfrecord_schema, write_tfrecord_dataset
 from dim_tf.errors import DataError
@@ -46,7 +46,9 @@ def test_training_stream_is_the_same_from_folder_and_from_records(folder, tmp_pa
     write_tfrecord_dataset({"train": source}, str(tmp_path), progress=False)
     copy = loaders.load_source(f"tfrecord:{tmp_path}", "train")
     settings = dict(global_batch_size=4, steps_per_epoch=3, start_step=2, seed=3, image_size=32,
-                    channels=3, random_crop=True, random_flip=True)
+                    channels=3, views=2, augmentation=Augmentation(
+                        random_crop=True, random_flip=True, color_jitter=0.5,
+                        grayscale_probability=0.5))
     for (a, la), (b, lb) in zip(streams.training_dataset(source, **settings).take(4),
                                 streams.training_dataset(copy, **settings).take(4)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dim_tf.config import EvalConfig, TrainConfig
-from dim_tf.data import image_files, labels, loaders, preprocessing
+from dim_tf.config import Augmentation, EvalConfig, TrainConfig
+from dim_tf.data import augment, image_files, labels, loaders, preprocessing
 from dim_tf.data import source as source_lib
 from dim_tf.errors import DataError
 from tests.faults.image_corpus import (CLASSES, SYSTEM_FILES, TEST_ONLY_CLASS, Decodes, Reported,
@@ -92,9 +92,9 @@ def test_flat_and_one_pixel_images_scale_without_nan():
         for shape in ((1, 1, 3), (36, 40, 3)):
             image = tf.constant(np.full(shape, value, np.uint8))
             for crop in (False, True):
-                out = preprocessing.preprocess(image, 32, random_crop=crop, random_flip=crop,
-                                          seed=tf.constant([1, 2]))
-                assert out.shape == (32, 32, 3)
+                augmentation = Augmentation(random_crop=crop, random_flip=crop)
+                out = augment.augment(image, 32, augmentation, tf.constant([1, 2]))
+                assert out.shape == (1, 32, 32, 3)
                 np.testing.assert_allclose(out, value / 127.5 - 1.0, atol=1e-6)
 
 

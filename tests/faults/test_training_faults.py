@@ -166,6 +166,27 @@ def test_many_random_kills_still_end_equal_to_an_uninterrupted_run(tmp_path, ima
     assert_same_tensors(checkpoint_tensors(str(checkpoints / f"ckpt-{STEPS}")), reference[1])
 
 
+def test_kill_9_with_a_cosine_schedule_resumes_on_the_same_learning_rates(tmp_path, image_tree):
+    """The schedule is a function of the restored step count, and its length (here
+    --epochs') is kept in schedule.json: the resumed run ends on the same tensors."""
+    schedule = ["--lr_schedule=cosine", "--warmup_steps=3", "--final_lr_fraction=0.1"]
+    straight = run_train(f"--dataset=folder:{image_tree}", f"--model_dir={tmp_path / 'straight'}",
+                         *schedule)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    args = [f"--dataset=folder:{image_tree}", f"--model_dir={tmp_path / 'run'}", *schedule]
+    killed = run_train(*args, kill_at="train.step_end@7")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    recorded = json.loads((tmp_path / "run" / "schedule.json").read_text())
+    assert recorded["total_steps"] == STEPS and recorded["length_from"] == "epochs"
+    resumed = run_train(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert summary(tmp_path / "run")["start_step"] == 6
+    assert summary(tmp_path / "run")["end_step"] == STEPS
+    final = os.path.join("checkpoints", f"ckpt-{STEPS}")
+    assert_same_tensors(checkpoint_tensors(str(tmp_path / "run" / final)),
+                        checkpoint_tensors(str(tmp_path / "straight" / final)))
+
+
 # ------------------------------------------------------------------ SIGTERM
 
 
@@ -206,6 +227,7 @@ def test_time_budget_stops_saving_the_step_and_a_larger_budget_continues_identic
     assert latest_step(tmp_path / "run") == 1
     first = summary(tmp_path / "run")
     assert first["stopped_by_time_budget"] and first["end_step"] == 1
+    assert first["stopped_by"] == "time_budget"
     ledger = json.loads((tmp_path / "run" / "training_time.json").read_text())
     assert list(ledger) == ["1"] and 0 < ledger["1"] <= first["trained_seconds"]
 
@@ -218,7 +240,7 @@ def test_time_budget_stops_saving_the_step_and_a_larger_budget_continues_identic
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = summary(tmp_path / "run")
     assert final["start_step"] == 1 and final["end_step"] == STEPS
-    assert not final["stopped_by_time_budget"]
+    assert not final["stopped_by_time_budget"] and final["stopped_by"] == "epochs"
     assert final["trained_seconds"] > ledger["1"]  # counted on from the first run's time
     checkpoints = tmp_path / "run" / "checkpoints"
     assert_same_tensors(checkpoint_tensors(str(checkpoints / f"ckpt-{STEPS}")), reference[1])

@@ -1,15 +1,20 @@
-"""The training run's callbacks on their own: tags, the time budget, SIGTERM.
+"""The training run's callbacks on their own: tags, the time budget, SIGTERM, the
+learning rate logged (the schedule's own callback is in test_schedule.py).
 
 The run uses them end to end in tests/test_train_cli.py and
 tests/faults/test_training_faults.py.
 """
 
+import glob
 import os
 import signal
 
 import keras
+import pytest
+import tensorflow as tf
 
-from dim_tf.training.callbacks import StopOnSigterm, TrainingClock, metric_tag
+from dim_tf.training.callbacks import ScalarLogger, StopOnSigterm, TrainingClock, metric_tag
+from dim_tf.training.schedule import WarmupThenDecay
 
 
 def _fitting_model():
@@ -56,3 +61,22 @@ def test_sigterm_finishes_the_step_then_stops_and_the_handler_is_restored():
     finally:
         stopper.on_train_end()
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+@pytest.mark.parametrize("rate", [2e-4, WarmupThenDecay(1e-3, "linear", warmup_steps=2,
+                                                        total_steps=12)],
+                         ids=["constant", "schedule"])
+def test_logged_learning_rate_is_the_value_at_the_current_step(tmp_path, rate):
+    model = _fitting_model()
+    model.optimizer = keras.optimizers.Adam(rate)
+    logger = ScalarLogger(str(tmp_path), every=1, global_batch_size=8)
+    logger.set_model(model)
+    logger.on_train_begin()
+    model.optimizer.iterations.assign(7)
+    logger.on_train_batch_end(6, {"loss": 1.0})
+    [events] = glob.glob(str(tmp_path / "events.out.*"))
+    logged = {(e.step, v.tag): float(tf.make_ndarray(v.tensor))
+              for e in tf.compat.v1.train.summary_iterator(events) for v in e.summary.value}
+    # The linear schedule at step 7: 1e-3 * (1 - (7 - 2) / (12 - 2)).
+    expected = 2e-4 if isinstance(rate, float) else 5e-4
+    assert logged[(7, "optimizer/learning_rate")] == pytest.approx(expected, rel=1e-6)

@@ -167,6 +167,8 @@ def test_other_errors_are_not_taken_for_non_finite_steps():
         ({"negatives": "all"}, "negatives must be one of"),
         ({"negative_group_size": 1}, "negative_group_size"),
         ({"mi_units": 0}, "mi_units"),
+        ({"score_clip": -1.0}, "score_clip must be"),
+        ({"score_penalty": float("nan")}, "score_penalty must be"),
     ],
 )
 def test_invalid_settings_name_the_problem(kwargs, message):

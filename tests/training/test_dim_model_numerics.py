@@ -181,6 +181,37 @@ def test_mixed_precision_step_matches_float32(policy, local_critic, estimator):
         assert np.all(error <= 2.0 * lipschitz * code_shift + 1e-6), (term, error)
 
 
+@pytest.mark.parametrize("local_critic, estimator", [("dot", "nce"), ("concat", "jsd")])
+def test_score_clip_and_penalty_enter_the_estimator_and_the_loss_as_amdim_defines_them(
+        local_critic, estimator):
+    """With score_clip c and score_penalty w, each objective's estimator sees
+    c tanh(s / c) of its raw scores s, its penalty is the mean of s^2 over a row's
+    candidates and locations, and the encoder's loss is
+    beta (local + w pen_local) + alpha (global + w pen_global) + gamma prior."""
+    clip, weight = 0.1, 0.05  # a clip well inside the scores' range at initialisation
+    images = tf.constant(disc_images(BATCH))
+    model = _model(local_critic=local_critic, estimator=estimator, score_clip=clip,
+                   score_penalty=weight)
+    model.compile()
+    _, _, terms, features = model._step_terms(images, training=True)
+    found, want = _reference_terms(model, features)
+    loss = model.gamma * want["prior_loss"]
+    for name, objective_weight in (("local", model.beta), ("global", model.alpha)):
+        scores, positive = found[name]
+        clipped_loss, clipped_mi = numpy_mi_loss(clip * np.tanh(scores / clip), positive, estimator)
+        penalty = np.mean(scores**2, axis=(1, 2))
+        for term, values in ((f"{name}_loss", clipped_loss), (f"{name}_mi", clipped_mi),
+                             (f"{name}_score_penalty", penalty)):
+            np.testing.assert_allclose(terms[term].numpy(), values, rtol=2e-5, atol=2e-5, err_msg=term)
+        # The clip bites: the unclipped estimator differs.
+        assert np.max(np.abs(clipped_loss - want[f"{name}_loss"])) > 1e-3, name
+        loss = loss + objective_weight * (clipped_loss + weight * penalty)
+    np.testing.assert_allclose(terms["loss"].numpy(), loss, rtol=2e-5, atol=2e-5)
+    assert np.max(np.abs(loss - want["loss"])) > 1e-3
+    logs = model.train_step(images)
+    assert {"local_score_penalty", "global_score_penalty"} <= set(logs)
+
+
 # ------------------------------------------------------------- gradient penalty
 
 

@@ -25,12 +25,15 @@ def model_kwargs(**overrides):
     return kwargs
 
 
-def step_batches() -> np.ndarray:
-    """[STEPS, GLOBAL_BATCH, 32, 32, 3] fixed training batches."""
-    return disc_images(STEPS * GLOBAL_BATCH, seed=7).reshape(STEPS, GLOBAL_BATCH, 32, 32, 3)
+def step_batches(views: int = 1) -> np.ndarray:
+    """[STEPS, GLOBAL_BATCH, 32, 32, 3] fixed training batches, or with several views
+    [STEPS, GLOBAL_BATCH, views, 32, 32, 3]."""
+    images = disc_images(STEPS * GLOBAL_BATCH * views, seed=7)
+    shape = (STEPS, GLOBAL_BATCH) + ((views,) if views > 1 else ()) + (32, 32, 3)
+    return images.reshape(shape)
 
 
-def _train(strategy, kwargs, optimizers, initial_weights=None, steps=STEPS):
+def _train(strategy, kwargs, optimizers, initial_weights=None, steps=STEPS, views=1):
     """Trains `steps` steps on the batches in order and returns (model, history)."""
     keras.utils.set_random_seed(0)
     with strategy.scope():
@@ -38,7 +41,7 @@ def _train(strategy, kwargs, optimizers, initial_weights=None, steps=STEPS):
         model.compile(*optimizers())
     if initial_weights is not None:
         model.set_weights(initial_weights)
-    dataset = tf.data.Dataset.from_tensor_slices(step_batches()[:steps])
+    dataset = tf.data.Dataset.from_tensor_slices(step_batches(views)[:steps])
     history = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history
     return model, history
 
@@ -83,32 +86,37 @@ def mirrored_strategy():
 
 
 @pytest.mark.parametrize(
-    "negatives, local_critic, estimator, optimizers, steps",
+    "negatives, local_critic, estimator, optimizers, steps, views",
     [
-        (None, "dot", "jsd", _sgd, 1),
-        (None, "dot", "dv", _sgd, 1),
-        (None, "concat", "nce", _sgd, 1),
-        (None, "dot", "nce", _adam, 2),
-        ("replica", "dot", "jsd", _sgd, 1),
-        ("replica", "concat", "dv", _sgd, 1),
+        (None, "dot", "jsd", _sgd, 1, 1),
+        (None, "dot", "dv", _sgd, 1, 1),
+        (None, "concat", "nce", _sgd, 1, 1),
+        (None, "dot", "nce", _adam, 2, 1),
+        ("replica", "dot", "jsd", _sgd, 1, 1),
+        ("replica", "concat", "dv", _sgd, 1, 1),
+        # Multi-view DIM: each replica encodes its images' views image-major, so the
+        # gathered pool and the prior samples line up with the single device's.
+        (None, "dot", "nce", _adam, 2, 2),
+        ("replica", "concat", "jsd", _sgd, 1, 2),
     ],
 )
-def test_mirrored_step_equals_single_device(negatives, local_critic, estimator, optimizers, steps):
+def test_mirrored_step_equals_single_device(negatives, local_critic, estimator, optimizers, steps,
+                                            views):
     """With DeepInfoMax's defaults (negatives=None here: the argument is not passed)
     every other image of the global batch is a negative on any strategy, as in the
     paper, so the single-device reference is the plain model on the global batch.
     With replica-local negatives
     the reference is the model whose candidates are restricted to groups of one
-    replica's batch."""
+    replica's batch (images, whatever the views)."""
     kwargs = model_kwargs(local_critic=local_critic, estimator=estimator)
     assert "negatives" not in kwargs and "negative_group_size" not in kwargs
     group = GLOBAL_BATCH // 2 if negatives == "replica" else None
-    single, single_logs = _train(
-        tf.distribute.get_strategy(), dict(kwargs, negative_group_size=group), optimizers, steps=steps
-    )
+    single, single_logs = _train(tf.distribute.get_strategy(), dict(kwargs, negative_group_size=group),
+                                 optimizers, steps=steps, views=views)
     initial = _train_initial_weights(kwargs, group)
     mirrored_kwargs = kwargs if negatives is None else dict(kwargs, negatives=negatives)
-    mirrored, mirrored_logs = _train(mirrored_strategy(), mirrored_kwargs, optimizers, initial, steps=steps)
+    mirrored, mirrored_logs = _train(mirrored_strategy(), mirrored_kwargs, optimizers, initial,
+                                     steps=steps, views=views)
     assert _max_difference(single, mirrored) < 1e-5
     _assert_same_batch_norm_statistics(single, mirrored)
     for key in single_logs:
@@ -117,7 +125,7 @@ def test_mirrored_step_equals_single_device(negatives, local_critic, estimator, 
     other, _ = _train(
         tf.distribute.get_strategy(),
         dict(kwargs, negative_group_size=GLOBAL_BATCH // 2 if group is None else None),
-        optimizers, steps=steps,
+        optimizers, steps=steps, views=views,
     )
     assert _max_difference(single, other) > 1e-4
 

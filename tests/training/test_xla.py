@@ -96,6 +96,27 @@ def test_every_estimator_and_critic_trains_under_xla(estimator, local_critic, po
     assert np.linalg.norm(moved - expected) <= 10 * rtol * np.linalg.norm(expected)
 
 
+def test_multi_view_step_with_score_stabilisation_trains_under_xla():
+    """Views [n, 2, H, W, C] (their reshape and strided view slices, the monitor's
+    view 0) and the soft clip and score penalty compile, and give the step without
+    XLA (the monitor's dropout draws other masks under XLA: its terms may differ)."""
+    images = disc_images(8, size=16).reshape(4, 2, 16, 16, 3)
+    kwargs = dict(estimator="nce", local_critic="dot", alpha=0.5, beta=1.0, gamma=0.1,
+                  mi_units=8, score_clip=1.0, score_penalty=0.05, monitor_classes=2)
+    labels = np.array([0, 1, 0, -1])
+    keras.utils.set_random_seed(0)
+    compiled = DeepInfoMax(tiny_encoder(), **kwargs)
+    plain = DeepInfoMax(tiny_encoder(), **kwargs)
+    plain.set_weights(compiled.get_weights())
+    history = _fit(compiled, images, optimizers=_sgd(), y=labels)
+    reference = _fit(plain, images, jit_compile=False, optimizers=_sgd(), y=labels)
+    for key in ("local_loss", "local_mi", "local_score_penalty", "global_loss", "global_mi",
+                "global_score_penalty", "prior_loss"):
+        np.testing.assert_allclose(history[key], reference[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    for a, b in zip(compiled.encoder_side_variables, plain.encoder_side_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+
+
 @pytest.mark.parametrize("policy", POLICIES, indirect=True)
 def test_paper_encoder_trains_under_xla(policy):
     model = DeepInfoMax(build_encoder("basic32x32"), mi_units=16, alpha=0.5, monitor_classes=2)
