@@ -78,6 +78,9 @@ RUN_DEFINING_FIELDS = (
 )
 
 
+# Each worker would time its own steps and fix a different schedule length.
+MULTI_WORKER_TIME_SCHEDULE = ("--schedule_minutes is not supported with several workers (each "
+                              "would time its own steps); decay over --epochs instead.")
 # Each worker would read its own clock and stop at a different step, deadlocking the collectives.
 MULTI_WORKER_TIME_BUDGET = ("--time_budget_minutes is not supported with several workers; "
                             "bound the run with --epochs and --steps_per_epoch.")
@@ -427,8 +430,7 @@ class TrainConfig:
             raise ConfigError(f"--schedule_minutes must be a number of minutes > 0; got "
                               f"{self.schedule_minutes!r}.")
         if self.schedule_minutes and self.strategy == "multi_worker":
-            raise ConfigError("--schedule_minutes is not supported with several workers (each "
-                              "would time its own steps); decay over --epochs instead.")
+            raise ConfigError(MULTI_WORKER_TIME_SCHEDULE)
 
     def check_paths(self) -> None:
         """Raises ConfigError if the image folder, its split or --manual_dir is missing.

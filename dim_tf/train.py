@@ -69,6 +69,8 @@ def main() -> None:
     budget = (f"; time budget of {config.time_budget_minutes:g} min reached after "
               f"{result.trained_seconds / 60:.1f} min of training in all (a larger "
               "--time_budget_minutes continues)" if result.stopped_by_time_budget else "")
+    if result.stopped_by == "lr_schedule":
+        budget = "; the learning-rate schedule has ended (the run is complete)"
     print(f"dim_tf.train: {config.model_dir}: step {result.end_step}/{result.total_steps}, "
           f"{result.seconds:.1f} s{speed}{budget}"
           + (f", exported {exported}" if exported else ""))

@@ -41,6 +41,7 @@ from dim_tf import io
 from dim_tf.config import (
     CHECKPOINTS_DIR,
     MULTI_WORKER_TIME_BUDGET,
+    MULTI_WORKER_TIME_SCHEDULE,
     RUN_CONFIG_FILE,
     SUMMARY_FILE,
     TRAIN_LOG_DIR,
@@ -271,8 +272,7 @@ def _fix_schedule_length(config: TrainConfig, strategy: tf.distribute.Strategy, 
         return plan
     if config.schedule_seconds is not None and isinstance(
             strategy, tf.distribute.MultiWorkerMirroredStrategy):  # --strategy=auto found a cluster
-        raise ConfigError("--schedule_minutes is not supported with several workers (each would "
-                          "time its own steps); decay over --epochs instead.")
+        raise ConfigError(MULTI_WORKER_TIME_SCHEDULE)
     # After --start_over the chief has moved the old record away (the other workers
     # must not read it meanwhile).
     record = None if start_over else schedule_lib.read_record(config.model_dir)

@@ -326,7 +326,7 @@ def test_epochs_schedule_resumes_exactly_and_logs_the_scheduled_rate(
     assert logged_scalars(interrupted.model_dir, "optimizer/learning_rate") == pytest.approx(logged)
     # More --epochs later: the schedule, fixed by the epochs the run started with, has
     # ended; nothing is trained (a new schedule needs --start_over).
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")  # another test may have lowered absl's verbosity
     longer = run_lib.train(dataclasses.replace(straight, epochs=5))
     assert (longer.start_step, longer.end_step, longer.total_steps) == (steps, steps, steps)
     assert longer.stopped_by == "lr_schedule"
@@ -340,7 +340,7 @@ def test_a_60_minute_schedule_stopped_at_15_continues_to_30_and_60_then_ends(
     """On the simulated clock (0.5 s a step) --schedule_minutes=0.5 plays the hour
     (60 steps). The length is measured once, by the first run that gets through
     --schedule_calibration_steps, and kept by every resume."""
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")  # another test may have lowered absl's verbosity
     config = tiny_config(image_tree, tmp_path / "run", epochs=100, checkpoint_every=100,
                          schedule_minutes=0.5, schedule_calibration_steps=10)
     record_file = tmp_path / "run" / SCHEDULE_FILE
