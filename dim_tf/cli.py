@@ -30,6 +30,7 @@ from dim_tf import errors
 
 FLAGS = flags.FLAGS
 _FLAGFILE = "--flagfile"
+_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")  # absl.app's
 
 
 def define_config_flags(cls: type, *, exclude: Iterable[str] = (), prefix: str = "",
@@ -127,6 +128,12 @@ def fail(program: str, message: str, status: int) -> None:
     sys.exit(status)
 
 
+def _asks_for_help(argv: list[str]) -> bool:
+    """Whether `argv` holds one of absl's help flags (--help, -?, --helpfull, ...)."""
+    return any(arg.startswith("-") and arg.lstrip("-").split("=")[0] in _HELP_FLAGS
+               for arg in argv[1:])
+
+
 def run(main: Callable[[], object], program: str) -> None:
     """Parses the flags and runs `main()`; the process exits 0, or with the status
     of the `DimError` it raised (dim_tf.errors), its message on stderr.
@@ -139,6 +146,10 @@ def run(main: Callable[[], object], program: str) -> None:
             return FLAGS(expand_shipped_flagfiles(argv))
         except flags.Error as error:
             fail(program, f"{error} (--help lists the flags)", errors.EXIT_BAD_INPUT)
+        except SystemExit as stop:  # absl's help flags print the usage, then exit 1
+            if stop.code == 1 and _asks_for_help(argv):
+                sys.exit(0)
+            raise
 
     def checked_main(argv: list[str]) -> None:
         if len(argv) > 1:

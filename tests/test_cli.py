@@ -102,6 +102,14 @@ def test_run_maps_dim_errors_to_their_status_and_bad_flags_to_2(tmp_path):
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "KeyError" in bug.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("help_flag", ["--help", "-?", "--helpshort", "--helpfull"])
+def test_asking_for_help_prints_the_flags_and_exits_0(tmp_path, help_flag):
+    shown = _run(tmp_path, "print('main ran')", help_flag)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "--what" in shown.stdout and "main ran" not in shown.stdout
+
+
 @pytest.mark.parametrize("module, flag", [("dim_tf.train", "--mi_units"),
                                           ("dim_tf.evaluate", "--probe_epochs"),
                                           ("dim_tf.export", "--export_dir")])
@@ -111,3 +119,4 @@ def test_help_lists_the_flags_made_from_the_config(module, flag):
     shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
                            text=True, timeout=120)
     assert flag in shown.stdout, shown.stdout[-2000:]
+    assert shown.returncode == 0, shown.stderr[-2000:]  # asked for help: not a failure
