@@ -67,7 +67,7 @@ _EXPORTS = {
     # training
     "DeepInfoMax": "dim_tf.training.dim_model",
     "build_model": "dim_tf.training.dim_model",
-    "default_optimizer": "dim_tf.training.dim_model",
+    "default_optimizer": "dim_tf.training.optimizers",
     "restore_latest": "dim_tf.training.checkpoints",
     "training_checkpoint": "dim_tf.training.checkpoints",
     "RestoredRun": "dim_tf.training.restore",

@@ -1,19 +1,23 @@
-r"""How fast does DIM train here, and how close is that to the machine's matmul peak?
+r"""How fast does DIM train here, and how close is that to the machine's best matrix product?
 
     python -m dim_tf.benchmark                                  # the paper's DIM(L) step
     python -m dim_tf.benchmark --mixed_precision --mi_units=512
     python -m dim_tf.benchmark --suite                          # docs/performance.md's scaling table
     python -m dim_tf.benchmark --profile_dir=/tmp/dim_profile   # + time by op type, a trace for TensorBoard
     python -m dim_tf.benchmark --views=2                        # multi-view DIM's step
+    python -m dim_tf.benchmark --jit_compile=on                 # the same step compiled by XLA
     python -m dim_tf.benchmark --input_only --dataset=folder:~/.cache/dim_tf/cifar10_jpeg
     python -m dim_tf.benchmark --input_only --views=2 --color_jitter=0.5 --dataset=...
 
 Each configuration prints one JSON line: images/s (median of --repeats timed
 runs of --steps steps each, after warm-up, with the min and max), milliseconds
 per step, FLOP per training image counted from the traced training step's own
-graph (`dim_tf.flops`), the achieved GFLOP/s and that as a percentage of the
-float32 and bfloat16 matmul peaks the same process measured first (a large
-square `tf.matmul` in a `tf.function`), and the process's peak resident memory.
+graph (`dim_tf.flops`), the achieved GFLOP/s, and that as a percentage of the
+GEMM ceilings the same process measured first: the fastest of five 4096^3
+matrix products by TensorFlow (float32 and bfloat16) and by NumPy's BLAS (float32). The headline
+is `percent_of_best_float32_gemm`, against the faster float32 library: TF's
+own matmul is slow on some CPUs, and a share of it would flatter the step there.
+Then the process's peak resident memory.
 An image is a source image: with --views=V each step encodes V views of each of
 --batch_size images, so its images/s and FLOP per image include V encoder passes
 and the heads of every view pair.
@@ -48,8 +52,10 @@ FLAGS = flags.FLAGS
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 STRATEGIES = ("one_device", "mirrored")
-# StepConfig fields that say where the step runs, not what it computes.
+# StepConfig fields that say where and how the step runs, not what it computes.
 _PLACEMENT = ("strategy", "devices")
+# The float32 GEMM libraries `gemm_ceilings` measures, and TensorFlow's bfloat16 one.
+FLOAT32_GEMMS = ("tensorflow_float32", "numpy_float32")
 
 
 def _train_setting(name: str, default=dataclasses.MISSING) -> dataclasses.Field:
@@ -77,6 +83,7 @@ class StepConfig:
     score_penalty: float = _train_setting("score_penalty")
     mixed_precision: bool = _train_setting("mixed_precision")
     force_mixed_precision: bool = _train_setting("force_mixed_precision")
+    jit_compile: str = _train_setting("jit_compile")
     strategy: str = setting("one_device", help="one_device, or mirrored over --devices logical "
                             "CPUs.", choices=STRATEGIES)
     devices: int = setting(2, help="Logical CPU devices for --strategy=mirrored.")
@@ -130,6 +137,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The /proc/cpuinfo flags that decide which kernels oneDNN, NumPy's BLAS and XLA run.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def cpu_kind() -> dict:
+    """The CPU's model and vector-unit flags, and any ISA limit set for oneDNN:
+    what a figure is only comparable under."""
+    from dim_tf.training import precision
+
+    flags = precision.cpu_flags()
+    return {"cpu": cpu_name(), "cpu_flags": [f for f in VECTOR_FLAGS if f in flags],
+            "onednn_max_cpu_isa": precision.onednn_max_isa()}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -143,8 +164,9 @@ def _timed(run_steps, steps: int, repeats: int) -> list[float]:
     return seconds
 
 
-def matmul_peak_gflops(dtype: str, size: int = 4096, repeats: int = 5) -> float:
-    """Median GFLOP/s of a size x size x size `tf.matmul` of `dtype` in a tf.function."""
+def tensorflow_gemm_gflops(dtype: str, size: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of `repeats` size x size x size `tf.matmul`s of `dtype` in
+    a tf.function (a ceiling: on a shared machine other work only slows a repeat)."""
     import tensorflow as tf
 
     a = tf.random.uniform([size, size], dtype=tf.float32)
@@ -159,7 +181,49 @@ def matmul_peak_gflops(dtype: str, size: int = 4096, repeats: int = 5) -> float:
 
     product(a, b).numpy()
     seconds = _timed(lambda n: [product(a, b).numpy() for _ in range(n)], 1, repeats)
-    return 2 * size**3 / statistics.median(seconds) / 1e9
+    return 2 * size**3 / min(seconds) / 1e9
+
+
+def numpy_gemm_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of `repeats` float32 size x size x size `numpy.matmul`s
+    (NumPy's BLAS, OpenBLAS in the PyPI wheels, on all the process's threads)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((size, size), dtype=np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    seconds = _timed(lambda n: [np.matmul(a, b, out=out) for _ in range(n)], 1, repeats)
+    return 2 * size**3 / min(seconds) / 1e9
+
+
+def gemm_ceilings(size: int = 4096, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of the matrix products a training step is compared against, measured now:
+    TensorFlow's float32 `tf.matmul`, NumPy's float32 BLAS GEMM and, where the CPU has
+    bfloat16 units TensorFlow may use, TensorFlow's bfloat16 `tf.matmul`. (Under an
+    ONEDNN_MAX_CPU_ISA below them, TensorFlow still sends bfloat16 products to oneDNN,
+    which then aborts the process.)"""
+    from dim_tf.training import precision
+
+    ceilings = {"tensorflow_float32": tensorflow_gemm_gflops("float32", size, repeats),
+                "numpy_float32": numpy_gemm_gflops(size, repeats)}
+    if precision.cpu_bf16_units() is not None:
+        ceilings["tensorflow_bfloat16"] = tensorflow_gemm_gflops("bfloat16", size, repeats)
+    return ceilings
+
+
+def _against_ceilings(achieved_gflops: float, ceilings: dict[str, float]) -> dict:
+    """The record's fields comparing `achieved_gflops` with each GEMM ceiling and with
+    the best float32 one."""
+    fields: dict = {"gemm_gflops": dict(ceilings)}
+    for name, gflops in ceilings.items():
+        fields[f"percent_of_{name}_gemm"] = 100 * achieved_gflops / gflops
+    float32 = {name: ceilings[name] for name in FLOAT32_GEMMS if name in ceilings}
+    if float32:
+        best = max(float32, key=float32.get)
+        fields["best_float32_gemm"] = best
+        fields["percent_of_best_float32_gemm"] = 100 * achieved_gflops / float32[best]
+    return fields
 
 
 def _summary(images_per_step: int, steps: int, seconds: list[float]) -> dict:
@@ -202,14 +266,25 @@ def op_time_by_type(profile_dir: str, steps: int, top: int = 12) -> dict[str, fl
     return {kind: round(ms, 1) for kind, ms in totals.most_common(top)}
 
 
+def op_gflops(flops: dict[str, int], op_ms_per_step: dict[str, float]) -> dict[str, float]:
+    """GFLOP per second of op time, for each op type with both a FLOP count (per step)
+    and a profiled time: which products run far below the others (a slow backward
+    convolution, say). Op time is summed over threads, so on C busy cores these
+    are about 1/C of the wall-clock rate."""
+    return {op: round(flops[op] / (ms / 1000) / 1e9, 1)
+            for op, ms in op_ms_per_step.items() if op in flops and ms > 0}
+
+
 def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats: int = 3,
-                   peaks: dict[str, float] | None = None, profile_dir: str | None = None) -> dict:
+                   ceilings: dict[str, float] | None = None,
+                   profile_dir: str | None = None) -> dict:
     """Times training steps of `config` on synthetic data; returns the JSON record.
 
     With `profile_dir`, `steps` more steps are traced by the TensorFlow profiler
     there (TensorBoard's Profile tab shows the trace) and the record gains their
-    time by op type (`op_ms_per_step`).
+    time by op type (`op_ms_per_step`) and each product's rate (`gflops_by_op`).
 
+    `ceilings` are `gemm_ceilings()` (the record compares the step with each).
     Call in a fresh process per precision: the dtype policy is global.
     """
     import tensorflow as tf
@@ -253,20 +328,20 @@ def benchmark_step(config: StepConfig, steps: int = 10, warmup: int = 3, repeats
     # The policy that ran: --mixed_precision falls back to float32 on CPUs without
     # bfloat16 units, so the flag alone does not say what was measured.
     record = {"kind": "train_step", "config": dataclasses.asdict(config), "precision": policy,
+              "xla": bool(model.jit_compile),
               **_summary(config.batch_size, steps, _timed(run_steps, steps, repeats)),
               "flop_per_image": flop_per_image,
               "flop_by_op": {k: v / config.batch_size for k, v in sorted(flops.items())}}
     record["achieved_gflops"] = record["images_per_second"] * flop_per_image / 1e9
-    for name, peak in (peaks or {}).items():
-        record[f"{name}_peak_gflops"] = peak
-        record[f"percent_of_{name}_peak"] = 100 * record["achieved_gflops"] / peak
+    record.update(_against_ceilings(record["achieved_gflops"], ceilings or {}))
     if profile_dir:
         tf.profiler.experimental.start(profile_dir)
         run_steps(steps)
         tf.profiler.experimental.stop()
-        record["op_ms_per_step"] = op_time_by_type(profile_dir, steps)
+        record["op_ms_per_step"] = op_time_by_type(profile_dir, steps, top=40)
+        record["gflops_by_op"] = op_gflops(flops, record["op_ms_per_step"])
     record["peak_rss_mb"] = peak_rss_mb()
-    record["cpu"] = cpu_name()
+    record.update(cpu_kind())
     return record
 
 
@@ -293,7 +368,7 @@ def benchmark_input(dataset: str, batch_size: int = 64, image_size: int = 32, ch
     return {"kind": "input_pipeline", "dataset": dataset, "batch_size": batch_size, "views": views,
             "augmentation": dataclasses.asdict(augmentation),
             **_summary(batch_size, steps, _timed(run_steps, steps, repeats)),
-            "peak_rss_mb": peak_rss_mb(), "cpu": cpu_name()}
+            "peak_rss_mb": peak_rss_mb(), **cpu_kind()}
 
 
 def suite_configs() -> list[StepConfig]:
@@ -364,9 +439,8 @@ def main() -> None:
     config = StepConfig(**cli.config_values(StepConfig))
     if config.strategy == "mirrored":
         _split_cpu(config.devices)
-    peaks = {"float32": matmul_peak_gflops("float32"), "bfloat16": matmul_peak_gflops("bfloat16")}
-    print(json.dumps(benchmark_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, peaks,
-                                    FLAGS.profile_dir)), flush=True)
+    print(json.dumps(benchmark_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats,
+                                    gemm_ceilings(), FLAGS.profile_dir)), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ F_DIVERGENCES = ("jsd", "gan", "kl", "rkl", "h2", "x2")
 ESTIMATORS = ("jsd", "dv", "nce") + F_DIVERGENCES[1:]
 ESTIMATOR_ALIASES = {"infonce": "nce", "js": "jsd", "chi2": "x2", "hellinger": "h2"}
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+# --jit_compile: auto compiles the step with XLA where that was measured to pay
+# (dim_tf.training.xla), on and off force it.
+JIT_COMPILE = ("auto", "on", "off")
 LOCAL_CRITICS = ("dot", "concat")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 MAX_VIEWS = 4
@@ -277,6 +280,10 @@ class TrainConfig:
         "(no AVX512_BF16, AMX or Arm BF16) it falls back to float32, which is faster there."))
     force_mixed_precision: bool = setting(False, help=(
         "With --mixed_precision, compute in bfloat16 even on a CPU without bfloat16 units."))
+    jit_compile: str = setting("auto", help=(
+        "Compile the training step with XLA: auto does where it was measured to pay (AVX2-only "
+        "x86 CPUs, GPUs, TPUs; not AVX-512 CPUs: docs/performance.md) and logs why; on, off."),
+        choices=JIT_COMPILE)
     random_crop: bool = setting(False, help=(
         "Random crops to the encoder's size from the image reflect-padded by --crop_padding "
         "pixels (on 32x32 CIFAR: translations of up to that many pixels)."))
@@ -369,6 +376,7 @@ class TrainConfig:
         _choice("encoder", self.encoder, ENCODERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("jit_compile", self.jit_compile, JIT_COMPILE)
         _choice("local_critic", self.local_critic, LOCAL_CRITICS)
         _choice("negatives", self.negatives, NEGATIVES)
         _choice("channels", self.channels, (1, 3))

@@ -12,6 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The image-folder check cache (dim_tf/data/file_check_cache.py) of every test and of
 # the commands tests run goes to a throw-away directory, never the user's cache.
 os.environ["DIM_TF_CACHE_DIR"] = tempfile.mkdtemp(prefix="dim_tf_test_cache_")
+# --jit_compile=auto compiles training with XLA on AVX2-only CPUs (dim_tf/training/xla.py);
+# the suite's many short runs would spend most of their time compiling, so auto means
+# off here (tests/training/test_xla*.py test XLA and the rule themselves).
+os.environ["DIM_TF_XLA_AUTO"] = "off"
 # The XLA tests compile many small train steps: LLVM's optimisation passes would
 # double their compile time and change nothing they check.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "

@@ -11,8 +11,9 @@ to a dict of the feature layers the method and its evaluation use:
 
 Conventions follow the reference PyTorch code so results are comparable: no
 bias before batch norm, BN momentum 0.9 (PyTorch 0.1) and epsilon 1e-5, PyTorch's
-default kernel initialiser, and 4x4 stride-2 convolutions padded by one pixel on
-every side (Keras' 'same' would pad asymmetrically).
+default kernel initialiser, and convolutions padded by the same number of pixels on
+every side (`PaddedConv2D`; Keras' 'same' pads asymmetrically whenever the total
+padding is odd, e.g. a 3x3 stride-2 convolution of an even side).
 
 The folded encoders (``fold*``, the reference code's FoldedConvnet and
 FoldedResNet) cut the image into overlapping k x k crops with stride k/2 (a 7x7
@@ -38,9 +39,93 @@ from dim_tf.models import normalization
 FEATURE_NAMES = ("local", "conv", "fc", "y")
 
 
+def layers_with_padding_layers(encoder: keras.Model) -> list[layers.Layer | None]:
+    """`encoder.layers` as an encoder built before `PaddedConv2D` listed them: each
+    padded convolution preceded by its `ZeroPadding2D` (None here; it had no weights).
+
+    Keras checkpoints a functional model's layers by their index in this list
+    (`_operations/<index>`), so checkpoints of those encoders restore through it
+    (`dim_tf.training.checkpoints`).
+    """
+    listed: list[layers.Layer | None] = []
+    for layer in encoder.layers:
+        if isinstance(layer, PaddedConv2D) and layer.pad:
+            listed.append(None)
+        listed.append(layer)
+    return listed
+
+
 def pytorch_default_initializer() -> keras.initializers.Initializer:
     """He-uniform with a = sqrt(5): PyTorch's default for conv and linear kernels."""
     return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def same_padding_is_symmetric(side: int, kernel: int, stride: int, pad: int) -> bool:
+    """Whether TensorFlow's 'SAME' padding of a `side`-long axis is `pad` zeros at each end.
+
+    'SAME' pads max((ceil(side / stride) - 1) * stride + kernel - side, 0) in all,
+    the odd one at the end; that is `pad` on each side when it totals 2 * pad.
+    """
+    total = max((-(-side // stride) - 1) * stride + kernel - side, 0)
+    return total == 2 * pad
+
+
+@keras.saving.register_keras_serializable(package="dim_tf")
+class PaddedConv2D(layers.Conv2D):
+    """A convolution of its input zero-padded by `pad` pixels on every side, PyTorch's
+    `Conv2d(padding=pad)`.
+
+    Where TensorFlow's 'SAME' padding is that padding (every 4x4 stride-2
+    convolution of an even side, every 3x3 stride-1 one), the convolution pads by
+    itself: faster than a separate pad on its forward and backward passes
+    (docs/performance.md). Otherwise (a 3x3 stride-2 convolution of an even side,
+    which 'SAME' pads at the end only) the input is padded first. Either way the
+    result is that of `ZeroPadding2D(pad)` and a 'valid' `Conv2D` (tested), the
+    encoders' layers until December 2026. Explicit padding lists
+    (`tf.nn.conv2d(padding=[[0, 0], [p, p], ...])`) are not used: oneDNN runs them
+    about 2x slower than either.
+
+    Args:
+        pad: pixels of zeros on each side, >= 0.
+        **kwargs: `keras.layers.Conv2D`'s arguments; `padding` must stay 'valid'.
+    """
+
+    def __init__(self, *args, pad: int = 0, **kwargs):
+        if kwargs.get("padding", "valid") != "valid":
+            raise ValueError("PaddedConv2D pads by `pad`; leave Conv2D's padding 'valid'.")
+        super().__init__(*args, **kwargs)
+        if int(pad) < 0 or int(pad) != pad:
+            raise ValueError(f"pad must be a non-negative integer; got {pad!r}.")
+        self.pad = int(pad)
+        if self.data_format != "channels_last" or self.dilation_rate != (1, 1) or self.groups != 1:
+            raise ValueError("PaddedConv2D supports channels_last, undilated, ungrouped "
+                             "convolutions only.")
+
+    def pads_in_convolution(self, height: int | None, width: int | None) -> bool:
+        """Whether the convolution pads an input of this size by itself ('SAME')."""
+        return self.pad == 0 or all(
+            side is not None and same_padding_is_symmetric(side, kernel, stride, self.pad)
+            for side, kernel, stride in zip((height, width), self.kernel_size, self.strides))
+
+    def convolution_op(self, inputs, kernel):
+        strides = [1, *self.strides, 1]
+        if self.pad == 0:
+            return tf.nn.conv2d(inputs, kernel, strides, "VALID")
+        if self.pads_in_convolution(inputs.shape[1], inputs.shape[2]):
+            return tf.nn.conv2d(inputs, kernel, strides, "SAME")
+        p = self.pad
+        return tf.nn.conv2d(tf.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]]), kernel, strides,
+                            "VALID")
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        grow = 2 * self.pad
+        return super().compute_output_shape(
+            (batch, None if height is None else height + grow,
+             None if width is None else width + grow, channels))
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
 
 
 class _Builder:
@@ -55,10 +140,8 @@ class _Builder:
         )
 
     def conv_bn_relu(self, x, filters, kernel, stride, padding, name, dropout=0.0):
-        if padding:
-            x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
-        x = layers.Conv2D(
-            filters, kernel, stride, padding="valid", use_bias=False,
+        x = PaddedConv2D(
+            filters, kernel, stride, pad=padding, use_bias=False,
             kernel_initializer=pytorch_default_initializer(), name=f"{name}_conv",
         )(x)
         if dropout:  # PyTorch's Dropout2d, before BN as in the reference blocks: whole channels

@@ -4,6 +4,11 @@
 iteration counts and Keras' random-layer states exactly (the prior's random
 stream is keyed on the encoder optimiser's iteration count, so it resumes too).
 
+Checkpoints written before the encoders' padding moved into their convolutions
+(`dim_tf.models.encoders.PaddedConv2D`) list the encoder's layers with a
+`ZeroPadding2D` before each padded convolution; `training_checkpoint` restores
+them too, so older runs resume, evaluate and export unchanged.
+
 `CheckpointStore` writes checkpoint N so that a process killed at any moment
 leaves every earlier checkpoint readable:
 
@@ -28,12 +33,14 @@ import os
 import re
 import shutil
 
+import keras
 import tensorflow as tf
 from absl import logging
 
 from dim_tf import io
 from dim_tf.errors import CheckpointError
 from dim_tf.faults import kill_point
+from dim_tf.models import encoders
 from dim_tf.training import precision
 
 PREFIX = "ckpt"
@@ -44,8 +51,68 @@ _FILE = re.compile(rf"^{PREFIX}-(\d+)\.(index|data-\d+-of-\d+)$")
 _TF_TEMP = re.compile(rf"^{PREFIX}-\d+_temp")  # TensorFlow's own staging of a sharded write
 
 
+class _TrainingCheckpoint(tf.train.Checkpoint):
+    """A `tf.train.Checkpoint` whose `restore` also reads the older layout (module docstring)."""
+
+    def __init__(self, older_layout, **parts):
+        super().__init__(**parts)
+        self._older_layout = older_layout  # a function, so not part of what is saved
+
+    def restore(self, save_path, options=None):
+        if _written_with_padding_layers(save_path, self.model.encoder):
+            logging.info("%s was written before the encoder's padding moved into its "
+                         "convolutions; restoring it by that layout (weights unchanged).",
+                         save_path)
+            return self._older_layout().restore(save_path, options)
+        return super().restore(save_path, options)
+
+
+_ENCODER_LAYERS_KEY = "model/encoder/_operations/{index}/{name}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _statistics_keys(listed_layers: list) -> set[str]:
+    """Checkpoint keys of the non-trainable variables (batch norms' moving statistics)
+    of the encoder layers `listed_layers`, indexed as listed. The trainable ones are
+    saved under their optimiser's list, whatever the layout."""
+    keys = set()
+    for index, layer in enumerate(listed_layers):
+        if layer is None:
+            continue
+        for name, child in tf.train.TrackableView.children(layer).items():
+            if isinstance(child, keras.Variable) and not child.trainable:
+                keys.add(_ENCODER_LAYERS_KEY.format(index=index, name=name))
+    return keys
+
+
+def _written_with_padding_layers(save_path: str, encoder) -> bool:
+    """Whether checkpoint `save_path` lists `encoder`'s layers with `ZeroPadding2D`s."""
+    older = _statistics_keys(encoders.layers_with_padding_layers(encoder))
+    current = _statistics_keys(encoder.layers)
+    if older == current:  # no padded convolution: both layouts are the same
+        return False
+    try:
+        reader = tf.train.load_checkpoint(save_path)
+    except (tf.errors.OpError, ValueError):
+        return False  # the current layout's restore names the damage
+    return (all(reader.has_tensor(key) for key in older)
+            and not all(reader.has_tensor(key) for key in current))
+
+
+def _with_padding_layers(model) -> tf.Module:
+    """A view of `model` whose encoder lists its layers as checkpoints with `ZeroPadding2D`s did."""
+    encoder = tf.Module()
+    encoder._operations = [layer if layer is not None else tf.Module()
+                           for layer in encoders.layers_with_padding_layers(model.encoder)]
+    view = tf.Module()
+    for name, child in tf.train.TrackableView.children(model).items():
+        setattr(view, name, encoder if child is model.encoder else child)
+    return view
+
+
 def training_checkpoint(model) -> tf.train.Checkpoint:
     """A checkpoint of `model`, its encoder optimiser and its prior optimiser.
+
+    Its `restore` also reads checkpoints of the older encoder layout (module docstring).
 
     Raises:
         ValueError: the model has not been compiled (no optimisers yet).
@@ -53,6 +120,13 @@ def training_checkpoint(model) -> tf.train.Checkpoint:
     if getattr(model, "optimizer", None) is None:
         raise ValueError("Compile the DeepInfoMax model before checkpointing it: "
                          "its optimisers are part of the checkpoint.")
+    parts = _checkpoint_parts(model)
+    return _TrainingCheckpoint(
+        lambda: tf.train.Checkpoint(**{**parts, "model": _with_padding_layers(model)}), **parts)
+
+
+def _checkpoint_parts(model) -> dict:
+    """What a training checkpoint holds, by name."""
     parts = {"model": model}
     for name, optimizer in (("encoder_optimizer", model.optimizer),
                             ("prior_optimizer", model.prior_optimizer),
@@ -71,7 +145,7 @@ def training_checkpoint(model) -> tf.train.Checkpoint:
     random_states = [v for v in model.variables if v.name == "seed_generator_state"]
     if random_states:
         parts["random_states"] = random_states
-    return tf.train.Checkpoint(**parts)
+    return parts
 
 
 def checkpoint_bytes(model) -> int:

@@ -63,17 +63,14 @@ from dim_tf.objectives import stabilization
 from dim_tf.objectives.estimators import canonical_estimator, per_example_mi
 from dim_tf.training import precision
 from dim_tf.training.keras_hooks import PrebuiltModel
+from dim_tf.training.optimizers import default_optimizer
 from dim_tf.training.schedule import learning_rate_for
+from dim_tf.training.xla import choose_jit_compile
 
 # Under multi-replica strategies the guard is an in-graph assertion whose message
 # reads "assertion failed: [NaN or Inf at DIM training step] [STEP] [flags:] [0 1 ...]".
 NON_FINITE_MARKER = "NaN or Inf at DIM training step"
 _ASSERTED = re.compile(re.escape(NON_FINITE_MARKER) + r"\] \[(\d+)\] \[flags:\] \[([\d ]*)\]")
-
-
-def default_optimizer(learning_rate: float = 1e-4) -> keras.optimizers.Optimizer:
-    """The paper's Adam: lr 1e-4, betas (0.5, 0.999), eps 1e-8, no weight decay."""
-    return keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
 
 
 def build_model(config: TrainConfig, monitor_classes: int | None = None) -> "DeepInfoMax":
@@ -90,7 +87,8 @@ def build_model(config: TrainConfig, monitor_classes: int | None = None) -> "Dee
         monitor_classes=monitor_classes if config.monitor else None,
     )
     rate = learning_rate_for(config)  # both players; the online monitor keeps its constant rate
-    model.compile(default_optimizer(rate), default_optimizer(rate))
+    model.compile(default_optimizer(rate), default_optimizer(rate),
+                  jit_compile=choose_jit_compile(config.jit_compile).enabled)
     return model
 
 

@@ -64,6 +64,7 @@ from dim_tf.training.dim_model import DeepInfoMax, build_model
 from dim_tf.training.precision import use_precision
 from dim_tf.training.restore import saved_run_config
 from dim_tf.training.strategy import is_chief, make_strategy, worker_id
+from dim_tf.training.xla import choose_jit_compile
 
 
 @dataclasses.dataclass
@@ -168,6 +169,8 @@ def train(config: TrainConfig, extra_files: dict[str, str] | None = None,
     """
     config.check_paths()
     use_precision(config.mixed_precision, config.force_mixed_precision)
+    jit = choose_jit_compile(config.jit_compile)
+    logging.info("XLA %s: %s.", "on" if jit.enabled else "off", jit.reason)
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from dim_tf.models.encoders import (
-    ENCODERS, FoldCrops, StridedCrops, build_encoder, encoder_image_size,
+    ENCODERS, FoldCrops, PaddedConv2D, StridedCrops, build_encoder, encoder_image_size,
+    layers_with_padding_layers,
 )
 from dim_tf.models.heads import GlobalCritic, MIProjection
 
@@ -157,14 +158,65 @@ def test_folded_encoder_survives_keras_and_saved_model_round_trips(tmp_path):
 
 def test_basic32x32_follows_reference_conventions():
     encoder = build_encoder("basic32x32")
-    convs = [l for l in encoder.layers if l.__class__.__name__ == "Conv2D"]
+    convs = [l for l in encoder.layers if isinstance(l, keras.layers.Conv2D)]
     assert [c.kernel_size for c in convs] == [(4, 4)] * 3
     assert all(not c.use_bias for c in convs)  # batch norm follows
+    assert [c.pad for c in convs] == [1] * 3  # PyTorch's symmetric padding=1
     bns = [l for l in encoder.layers if l.__class__.__name__ == "BatchNormalization"]
     assert all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
-    pads = [l.padding for l in encoder.layers if l.__class__.__name__ == "ZeroPadding2D"]
-    assert pads == [((1, 1), (1, 1))] * 3  # PyTorch's symmetric padding=1
     assert encoder.get_layer("y").use_bias
+
+
+# (kernel, stride, pad, input side, padded by 'SAME'): the encoders' padded convolutions,
+# and the cases where TensorFlow's 'SAME' pads otherwise (3x3 stride 2 on an even side pads
+# only at the end; 4x4 stride 2 on an odd side pads 1 and 2), which PaddedConv2D must not use.
+@pytest.mark.parametrize("kernel,stride,pad,side,same", [
+    (4, 2, 1, 16, True), (4, 2, 1, 2, True), (3, 1, 1, 15, True), (3, 2, 1, 32, False),
+    (3, 2, 1, 31, True), (4, 2, 1, 15, False), (1, 1, 0, 8, True)])
+def test_padded_conv_equals_zero_padding_then_valid_conv_with_gradients(kernel, stride, pad,
+                                                                       side, same):
+    images = tf.constant(np.random.default_rng(0).normal(size=(3, side, side, 5)), tf.float32)
+    padded = PaddedConv2D(4, kernel, stride, pad=pad, use_bias=False)
+    reference = keras.Sequential([keras.layers.ZeroPadding2D(pad),
+                                  keras.layers.Conv2D(4, kernel, stride, use_bias=False)])
+    padded.build(images.shape)
+    assert padded.pads_in_convolution(side, side) == same
+    reference.build(images.shape)
+    reference.layers[1].kernel.assign(padded.kernel)
+
+    def forward_and_gradients(layer, kernel_variable):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = layer(images)
+            loss = tf.reduce_sum(outputs * tf.sin(outputs))  # gradients that vary per pixel
+        return (outputs, *tape.gradient(loss, [images, kernel_variable]))
+
+    expected = forward_and_gradients(reference, reference.layers[1].kernel)
+    got = forward_and_gradients(padded, padded.kernel)
+    assert got[0].shape == expected[0].shape
+    assert tuple(padded.compute_output_shape(images.shape)) == tuple(expected[0].shape)
+    # The kernel gradient sums hundreds of products, in another order: float32 rounding.
+    for name, a, b in zip(("outputs", "input gradient", "kernel gradient"), got, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_padded_conv_round_trips_and_refuses_keras_padding():
+    layer = PaddedConv2D(8, 3, 2, pad=1, name="c")
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(restored, PaddedConv2D) and restored.pad == 1
+    with pytest.raises(ValueError, match="leave Conv2D's padding"):
+        PaddedConv2D(8, 3, padding="same", pad=1)
+    with pytest.raises(ValueError, match="non-negative"):
+        PaddedConv2D(8, 3, pad=-1)
+
+
+def test_layers_with_padding_layers_puts_a_slot_before_each_padded_conv():
+    encoder = build_encoder("resnet19_32x32")  # 1x1 convolutions (pad 0) and 3x3 ones (pad 1)
+    listed = layers_with_padding_layers(encoder)
+    assert [l for l in listed if l is not None] == encoder.layers
+    for index, layer in enumerate(listed):
+        padded = isinstance(layer, PaddedConv2D) and layer.pad > 0
+        assert (listed[index - 1] is None) == padded, getattr(layer, "name", None)
 
 
 def test_custom_code_width():

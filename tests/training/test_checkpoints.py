@@ -145,3 +145,71 @@ def test_a_failed_write_names_the_checkpoint_and_leaves_the_earlier_ones(tmp_pat
                                               "space left on device.*newest: .*ckpt-2"):
         store.save(4)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+
+
+def _conv_bn_relu_with_padding_layers(self, x, filters, kernel, stride, padding, name,
+                                      dropout=0.0):
+    """The encoders' block as it was built before PaddedConv2D: ZeroPadding2D, then 'valid'."""
+    from keras import layers
+
+    from dim_tf.models.encoders import pytorch_default_initializer
+
+    if padding:
+        x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    x = layers.Conv2D(filters, kernel, stride, padding="valid", use_bias=False,
+                      kernel_initializer=pytorch_default_initializer(), name=f"{name}_conv")(x)
+    if dropout:
+        x = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(x)
+    x = self.batch_norm(f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _trained(encoder_name, seed):
+    keras.utils.set_random_seed(seed)
+    model = DeepInfoMax(build_encoder(encoder_name), mi_units=16, alpha=0.5, gamma=0.1)
+    model.compile()
+    model.fit(_batches(0, 2), epochs=1, verbose=0)  # moving statistics and Adam slots move
+    return model
+
+
+@pytest.mark.parametrize("encoder_name", ["basic32x32", "resnet19_32x32"])
+def test_checkpoints_of_encoders_with_padding_layers_restore_and_resume(tmp_path, monkeypatch,
+                                                                         encoder_name):
+    from dim_tf.models import encoders
+
+    with monkeypatch.context() as patch:
+        patch.setattr(encoders._Builder, "conv_bn_relu", _conv_bn_relu_with_padding_layers)
+        old = _trained(encoder_name, seed=0)
+        assert any(isinstance(l, keras.layers.ZeroPadding2D) for l in old.encoder.layers)
+        store, _ = restore_latest(training_checkpoint(old), str(tmp_path))
+        store.save(2)
+
+    keras.utils.set_random_seed(7)  # other initial weights, which the restore must replace
+    new = DeepInfoMax(build_encoder(encoder_name), mi_units=16, alpha=0.5, gamma=0.1)
+    new.compile()
+    assert not any(isinstance(l, keras.layers.ZeroPadding2D) for l in new.encoder.layers)
+    _, restored_from = restore_latest(training_checkpoint(new), str(tmp_path))
+    assert restored_from == str(tmp_path / "ckpt-2")  # read, not set aside as unreadable
+
+    old_weights = {v.path: v.numpy() for v in old.weights}
+    assert sorted(old_weights) == sorted(v.path for v in new.weights)
+    for variable in new.weights:
+        np.testing.assert_array_equal(variable.numpy(), old_weights[variable.path], variable.path)
+    for optimizer in ("optimizer", "prior_optimizer"):
+        for a, b in zip(getattr(old, optimizer).variables, getattr(new, optimizer).variables):
+            np.testing.assert_array_equal(b.numpy(), a.numpy(), a.path)
+    images = disc_images(4, seed=5)
+    for training in (False, True):
+        expected, got = old.encoder(images, training=training), new.encoder(images, training=training)
+        for key in expected:
+            np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-5,
+                                       atol=1e-5, err_msg=f"{key}, training={training}")
+
+    # The next save is in today's layout, and restores as such.
+    store = CheckpointStore(training_checkpoint(new), str(tmp_path))
+    store.save(3)
+    again = DeepInfoMax(build_encoder(encoder_name), mi_units=16, alpha=0.5, gamma=0.1)
+    again.compile()
+    training_checkpoint(again).restore(str(tmp_path / "ckpt-3")).assert_existing_objects_matched()
+    for a, b in zip(new.weights, again.weights):
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), a.path)

@@ -30,6 +30,33 @@ def test_bf16_units_are_read_from_cpuinfo(cpuinfo, feature):
     assert precision.cpu_bf16_units(precision.cpu_flags(cpuinfo)) == feature
 
 
+@pytest.mark.parametrize("environ, feature", [
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, None),          # an AVX2-only CPU, reproduced
+    ({"DNNL_MAX_CPU_ISA": "avx512_core_vnni"}, None),  # the older name, any case
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "avx512_bf16"),
+    ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "avx512_bf16"),
+    ({}, "avx512_bf16"),
+])
+def test_onednn_isa_limit_below_bf16_hides_the_units(environ, feature):
+    flags = precision.cpu_flags(X86_SAPPHIRE_RAPIDS)
+    assert precision.cpu_bf16_units(flags, environ) == feature
+
+
+def test_onednn_isa_limit_is_named_in_the_fallback(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    choice = precision.choose_precision(True, bf16_feature=None)
+    assert choice.policy == "float32" and "ONEDNN_MAX_CPU_ISA=AVX2" in choice.reason
+
+
+def test_forcing_bf16_under_an_isa_limit_that_hides_the_units_is_refused(monkeypatch):
+    from dim_tf.errors import ConfigError
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(precision, "cpu_flags", lambda *args: {"avx2", "avx512f", "avx512_bf16"})
+    with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA=AVX2.*aborts the process"):
+        precision.choose_precision(True, force=True)
+
+
 @pytest.mark.parametrize("mixed, force, feature, policy", [
     (False, False, "amx_bf16", "float32"),
     (True, False, "amx_bf16", "mixed_bfloat16"),
@@ -58,5 +85,7 @@ def test_this_machine_is_detected_as_it_is():
     """On the CPU running the suite the answer must match its own flags."""
     flags = precision.cpu_flags()
     expected = next((f for f in precision.CPU_BF16_FLAGS if f in flags), None)
+    if precision.onednn_max_isa() in precision.ONEDNN_ISAS_WITHOUT_BF16:
+        expected = None
     assert precision.cpu_bf16_units() == expected
 

@@ -23,7 +23,7 @@ from dim_tf.errors import DamagedRunFileError, Preempted
 from dim_tf.training import callbacks as callbacks_lib
 from dim_tf.training import run as run_lib
 from dim_tf.training import schedule as schedule_lib
-from dim_tf.training.dim_model import default_optimizer
+from dim_tf.training.optimizers import default_optimizer
 from dim_tf.training.schedule import WarmupThenDecay
 from tests.training.synthetic import write_image_folder
 
