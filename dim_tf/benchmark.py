@@ -52,9 +52,9 @@ FLAGS = flags.FLAGS
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 STRATEGIES = ("one_device", "mirrored")
-# StepConfig fields that say where and how the step runs, not what it computes.
+# StepConfig fields that say where the step runs, not what it computes.
 _PLACEMENT = ("strategy", "devices")
-# The float32 GEMM libraries `gemm_ceilings` measures, and TensorFlow's bfloat16 one.
+# The float32 GEMMs of `gemm_ceilings`, of which the fastest is the step's headline denominator.
 FLOAT32_GEMMS = ("tensorflow_float32", "numpy_float32")
 
 
