@@ -173,6 +173,7 @@ def test_gemm_ceilings_are_positive_and_finite():
     assert all(np.isfinite(g) and g > 0 for g in ceilings.values())
 
 
+@pytest.mark.slow  # an XLA compilation; the compiled step itself is tested in tests/training/test_xla.py
 def test_xla_step_is_timed_compiled():
     record = benchmark_step(StepConfig(mi_units=16, batch_size=8, jit_compile="on"), steps=1,
                             warmup=1, repeats=1)

@@ -166,9 +166,12 @@ def test_many_random_kills_still_end_equal_to_an_uninterrupted_run(tmp_path, ima
     assert_same_tensors(checkpoint_tensors(str(checkpoints / f"ckpt-{STEPS}")), reference[1])
 
 
+@pytest.mark.slow
 def test_kill_9_with_a_cosine_schedule_resumes_on_the_same_learning_rates(tmp_path, image_tree):
     """The schedule is a function of the restored step count, and its length (here
-    --epochs') is kept in schedule.json: the resumed run ends on the same tensors."""
+    --epochs') is kept in schedule.json: the resumed run ends on the same tensors.
+    Slow: tests/training/test_schedule.py resumes the same schedule in-process in the
+    default run; this adds a real kill -9 between its steps."""
     schedule = ["--lr_schedule=cosine", "--warmup_steps=3", "--final_lr_fraction=0.1"]
     straight = run_train(f"--dataset=folder:{image_tree}", f"--model_dir={tmp_path / 'straight'}",
                          *schedule)
