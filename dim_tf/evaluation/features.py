@@ -4,7 +4,10 @@ The evaluation protocol (Hjelm et al. 2019, sec. 4.1) probes three layers of a
 frozen encoder in inference mode: `conv` (the last convolutional map, flattened),
 `fc` and `y`. Features are cached in the report directory as .npz files keyed
 by a fingerprint of the encoder and the data, so a rerun with other probe
-settings does not encode the dataset again.
+settings does not encode the dataset again. The cache holds the features of the
+`MAX_CACHED_ENCODERS` encoders cached last and forgets older ones: CIFAR-10's
+`conv` features take 1.4 GB per encoder, and a run evaluated at every budget
+would otherwise fill the disk.
 
 The fingerprint names the encoder by its content, not by where it lives: a
 run retrained into the same directory reaches the same `ckpt-N` path with other
@@ -15,10 +18,14 @@ silently serve the old encoder's features (`checkpoint_digest`,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 from typing import Callable
+
+from absl import logging
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +34,13 @@ from dim_tf.errors import DataError, RunNotFoundError
 from dim_tf.io import atomic_path
 
 EncodeFn = Callable[[tf.Tensor], dict]
+
+# Two, so that a trained encoder and its random-init baseline, evaluated in turn into
+# one report directory, both stay cached.
+MAX_CACHED_ENCODERS = 2
+# features-<encoder key>-<data key>.npz; the old single-key name is stale and removed.
+_CACHE_FILE = re.compile(r"features-(?P<encoder>[0-9a-f]{16})-[0-9a-f]{16}\.npz")
+_STALE_CACHE_FILE = re.compile(r"features-[0-9a-f]{16}\.npz")
 
 
 class SplitFeatures:
@@ -108,22 +122,53 @@ def saved_model_digest(directory: str) -> str:
                         os.path.join(directory, "variables", "variables.index")])
 
 
-def cached_features(cache_dir: str, fingerprint: dict, compute: Callable[[], SplitFeatures]) -> SplitFeatures:
-    """Loads the features cached under `fingerprint`, or computes and caches them (atomically).
+def _key(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
-    `fingerprint` (JSON-serialisable) must change whenever the features would:
-    it names the encoder by content (`checkpoint_digest`, `saved_model_digest`)
-    and the data by split, limit and size.
+
+def cached_features(cache_dir: str, encoder: dict, data: dict,
+                    compute: Callable[[], SplitFeatures]) -> SplitFeatures:
+    """Loads the features cached under (`encoder`, `data`), or computes and caches
+    them (atomically), forgetting the features of all but the `MAX_CACHED_ENCODERS`
+    encoders cached last.
+
+    Both fingerprints are JSON-serialisable and must change whenever the features
+    would: `encoder` names the encoder by content (`checkpoint_digest`,
+    `saved_model_digest`), `data` the split, its limit and size and the layers.
     """
-    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir, f"features-{key}.npz")
+    path = os.path.join(cache_dir, f"features-{_key(encoder)}-{_key(data)}.npz")
     if os.path.exists(path):
-        with np.load(path) as data:
-            features = {k[len("feature_"):]: data[k] for k in data.files if k.startswith("feature_")}
-            return SplitFeatures(features, data["labels"], data["images"])
+        with np.load(path) as cached:
+            features = {k[len("feature_"):]: cached[k] for k in cached.files if k.startswith("feature_")}
+            return SplitFeatures(features, cached["labels"], cached["images"])
     result = compute()
     os.makedirs(cache_dir, exist_ok=True)
     with atomic_path(path, suffix=".npz") as temporary:
         np.savez(temporary, labels=result.labels, images=result.images,
                  **{f"feature_{k}": v for k, v in result.features.items()})
+    _forget_old_encoders(cache_dir)
     return result
+
+
+def _forget_old_encoders(cache_dir: str) -> None:
+    """Removes the cache files of all but the `MAX_CACHED_ENCODERS` encoders whose
+    features were written last, and files of the old single-key naming; other files
+    are left alone."""
+    files: dict[str, list[str]] = {}
+    written: dict[str, int] = {}
+    stale: list[str] = []
+    for entry in os.scandir(cache_dir):
+        if match := _CACHE_FILE.fullmatch(entry.name):
+            encoder = match["encoder"]
+            files.setdefault(encoder, []).append(entry.path)
+            written[encoder] = max(written.get(encoder, 0), entry.stat().st_mtime_ns)
+        elif _STALE_CACHE_FILE.fullmatch(entry.name):
+            stale.append(entry.path)
+    forgotten = sorted(written, key=written.get, reverse=True)[MAX_CACHED_ENCODERS:]
+    doomed = stale + [path for encoder in forgotten for path in files[encoder]]
+    for path in doomed:
+        # Another evaluation pruning the same cache may have removed it first.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    if doomed:
+        logging.info("Feature cache %s: removed %d files of encoders cached earlier.", cache_dir, len(doomed))

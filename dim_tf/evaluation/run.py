@@ -184,10 +184,10 @@ def _encode_splits(config: EvalConfig, encoder: LoadedEncoder, dataset: str, rep
         data = evaluation_dataset(source, batch_size=config.batch_size,
                                   image_size=encoder.image_size, channels=encoder.channels,
                                   limit=limit)
-        key = dict(encoder.fingerprint, dataset=dataset, split=split, limit=limit,
-                   layers=list(config.layers), examples=source.num_examples)
+        data_key = dict(dataset=dataset, split=split, limit=limit, layers=list(config.layers),
+                        examples=source.num_examples)
         splits[split] = cached_features(
-            os.path.join(report_dir, "cache"), key,
+            os.path.join(report_dir, "cache"), encoder.fingerprint, data_key,
             lambda: encode_dataset(encoder.encode, data, config.layers, progress=progress))
     return splits[config.train_split], splits[config.test_split], names
 

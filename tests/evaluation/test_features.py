@@ -133,3 +133,50 @@ def test_saved_model_digest_follows_the_weights(tmp_path):
     assert features.saved_model_digest(str(tmp_path / "1")) != digest
     os.remove(tmp_path / "1" / "variables" / "variables.index")
     assert features.saved_model_digest(str(tmp_path / "1")) != digest
+
+
+def test_the_cache_keeps_the_encoders_cached_last_and_forgets_older_ones(tmp_path):
+    cache = tmp_path / "cache"
+    computed = []
+
+    def lookup(encoder: str, split: str) -> features.SplitFeatures:
+        def compute():
+            computed.append((encoder, split))
+            value = float(len(computed))
+            return features.SplitFeatures({"y": np.full([2, 3], value, np.float32)},
+                                          np.zeros([2], np.int64), np.zeros([2, 4, 4, 3], np.uint8))
+        return features.cached_features(str(cache), {"checkpoint_sha256": encoder}, {"split": split},
+                                        compute)
+
+    def files_of(encoder: str) -> set[str]:
+        key = features._key({"checkpoint_sha256": encoder})
+        return {p.name for p in cache.iterdir() if p.name.startswith(f"features-{key}-")}
+
+    def age_all_files(seconds: int):
+        """Sets every cache file back in time: files written next are newer, whatever the
+        file system's timestamp resolution."""
+        for path in cache.iterdir():
+            stamp = path.stat().st_mtime_ns - seconds * 10**9
+            os.utime(path, ns=(stamp, stamp))
+
+    for encoder in ("trained", "random"):
+        for split in ("train", "test"):
+            lookup(encoder, split)
+        age_all_files(10)
+    assert len(computed) == 4 and len(files_of("trained")) == len(files_of("random")) == 2
+    first_value = lookup("trained", "test").features["y"][0, 0]
+    assert len(computed) == 4, "a cached split was computed again"
+
+    (cache / "features-0123456789abcdef.npz").write_bytes(b"old single-key name")
+    (cache / "notes.txt").write_text("not the cache's")
+    age_all_files(10)
+    lookup("retrained", "train")  # a third encoder: the one cached first is forgotten
+    assert files_of("trained") == set()
+    assert len(files_of("random")) == 2 and len(files_of("retrained")) == 1
+    assert not (cache / "features-0123456789abcdef.npz").exists()
+    assert (cache / "notes.txt").read_text() == "not the cache's"
+
+    recomputed = lookup("trained", "test")
+    assert computed[-1] == ("trained", "test")
+    assert recomputed.features["y"][0, 0] != first_value
+    assert files_of("random") == set(), "the encoder cached longest ago was kept"
