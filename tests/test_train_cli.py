@@ -140,7 +140,7 @@ def test_flagfile_with_override_and_end_to_end_run(tmp_path, image_tree):
     assert "step 8/8" in again.stdout
 
 
-@pytest.mark.slow  # the default run has the CLI's cluster in test_restarted_cluster_resumes_...
+@pytest.mark.slow  # the default run has the CLI's cluster in test_sigterm_to_one_worker_stops_...
 def test_two_workers_on_localhost(tmp_path, image_tree):
     ports = free_ports(2)
     model_dir = tmp_path / "run"

@@ -6,6 +6,8 @@
 - `CheckpointEvery`: saves every N steps and at every epoch end.
 - `KillPoint`: the fault injection point "train.step_end" (dim_tf/faults.py).
 - `StopOnSigterm`: a SIGTERM finishes the current step and stops.
+- `StopClusterOnSigterm`: its multi-worker form: a SIGTERM to any worker stops
+  every worker after the same step.
 - `ScalarLogger`: TensorBoard scalars, tagged by `metric_tag`.
 
 Their order in `fit` matters: the kill point and the stop request of a step
@@ -14,7 +16,9 @@ come before that step's checkpoint (see `run.py`).
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Callable
@@ -197,6 +201,44 @@ class StopOnSigterm(keras.callbacks.Callback):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class StopClusterOnSigterm(keras.callbacks.Callback):
+    """`StopOnSigterm` for a multi-worker cluster: a SIGTERM to any worker makes
+    every worker finish the same step and stop, so that the epoch-end checkpoint
+    (`CheckpointEvery`, a collective save) holds that step everywhere.
+
+    Workers receive signals on their own, and one stopping alone would leave the
+    others waiting in the next all-reduce. TensorFlow's PreemptionCheckpointHandler
+    agrees on the step through the cluster's coordination service: the signalled
+    worker names the step after its current one and waits until every worker has
+    acknowledged it. It is used for that agreement only (its own save is a no-op):
+    the run's checkpoints stay where and as `CheckpointStore` writes them. It
+    counts its calls, one per step, from zero in every process, which is the same
+    count on all workers of one start.
+    """
+
+    def __init__(self, cluster_resolver: tf.distribute.cluster_resolver.ClusterResolver):
+        super().__init__()
+        self.requested = False
+        # The handler keeps its call count in a checkpoint of its own; each start
+        # begins at zero, so it lives in a directory of this process (removed at
+        # exit). A non-chief's handler makes and at its end deletes a sibling
+        # `workertemp_<task>` of that directory: both go one level down.
+        self._bookkeeping = tempfile.TemporaryDirectory(prefix="dim_tf_preemption_")
+        self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+            cluster_resolver, tf.train.Checkpoint(),
+            checkpoint_dir=os.path.join(self._bookkeeping.name, "handler"),
+            termination_config=tf.distribute.experimental.TerminationConfig(
+                exit_fn=self._request, grace_period=0, save_fn=lambda: None))
+
+    def _request(self):
+        self.requested = True
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.requested:
+            self._handler.save_checkpoint_if_preempted()
 
 
 class ScalarLogger(keras.callbacks.Callback):

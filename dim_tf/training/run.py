@@ -134,7 +134,7 @@ class _Start:
 @dataclasses.dataclass(frozen=True)
 class _Callbacks:
     clock: callbacks_lib.TrainingClock
-    stopper: callbacks_lib.StopOnSigterm
+    stopper: callbacks_lib.StopOnSigterm | callbacks_lib.StopClusterOnSigterm
     schedule_end: callbacks_lib.ScheduleLength | None
     in_order: list[keras.callbacks.Callback]
 
@@ -381,7 +381,11 @@ def _make_callbacks(config: TrainConfig, strategy: tf.distribute.Strategy, start
                     plan: _StepPlan, chief: bool, trained_before: float,
                     budget: float | None) -> _Callbacks:
     clock = callbacks_lib.TrainingClock(trained_before, budget)
-    stopper = callbacks_lib.StopOnSigterm()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Workers receive signals independently: they agree on the step to stop after.
+        stopper = callbacks_lib.StopClusterOnSigterm(strategy.cluster_resolver)
+    else:
+        stopper = callbacks_lib.StopOnSigterm()
     schedule = schedule_lib.schedule_of(start.model.optimizer)
     schedule_end = None if schedule is None else callbacks_lib.ScheduleLength(
         schedule, clock, plan.epoch_steps, config.schedule_seconds,
@@ -395,10 +399,6 @@ def _make_callbacks(config: TrainConfig, strategy: tf.distribute.Strategy, start
                                               config.model_dir if chief else None),
                 callbacks_lib.ScalarLogger(os.path.join(config.model_dir, TRAIN_LOG_DIR) if chief
                                            else None, config.log_every, config.batch_size)]
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        # Workers receive signals independently and would stop at different steps,
-        # deadlocking the collectives: rely on resuming from the last checkpoint.
-        in_order.remove(stopper)
     return _Callbacks(clock, stopper, schedule_end, in_order)
 
 

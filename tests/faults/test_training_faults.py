@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dim_tf.faults import KILL_AT_VARIABLE
+from dim_tf.faults import KILL_AT_VARIABLE, KILL_SIGNAL_VARIABLE
 from tests.ports import free_ports
 from tests.training.synthetic import write_image_folder
 
@@ -450,16 +450,18 @@ def test_disk_filling_up_mid_training_names_the_checkpoint_and_keeps_the_earlier
 # ------------------------------------------------------------ multi-worker
 
 
-def _run_cluster(args, kill_at=None):
-    """Runs two localhost workers (worker 0 is the chief); returns [(status, output)]."""
+def _run_cluster(args, kill_at=None, worker_env=None):
+    """Runs two localhost workers (worker 0 is the chief); returns [(status, output)].
+    `kill_at` applies to both, `worker_env` ({index: variables}) to one."""
     ports = free_ports(2)
     workers = []
     for index in range(2):
-        env = {k: v for k, v in os.environ.items() if k != KILL_AT_VARIABLE}
+        env = {k: v for k, v in os.environ.items() if k not in (KILL_AT_VARIABLE, KILL_SIGNAL_VARIABLE)}
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                        "task": {"type": "worker", "index": index}})
         if kill_at:
             env[KILL_AT_VARIABLE] = kill_at
+        env.update((worker_env or {}).get(index, {}))
         workers.append(subprocess.Popen(train_command("--strategy=multi_worker", *args),
                                         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True))
@@ -476,6 +478,8 @@ CHIEF_RUN_FILES = [".lock", "checkpoints", "config.json", "flags.txt", "labels.j
                    "summary.json", "training_time.json"]
 
 
+# The SIGTERM test above resumes a cluster too (and removes a stale scratch copy).
+@pytest.mark.slow
 def test_restarted_cluster_resumes_from_the_chiefs_last_checkpoint(tmp_path, image_tree, reference):
     model_dir = copy_of_reference(reference, tmp_path)  # the chief's run, 12 of 16 steps done
     (model_dir / ".worker_worker_1" / "stale").mkdir(parents=True)  # as a killed worker leaves it
@@ -488,6 +492,38 @@ def test_restarted_cluster_resumes_from_the_chiefs_last_checkpoint(tmp_path, ima
     assert summary(model_dir)["start_step"] == 12 and latest_step(model_dir) == 16
     # Only the chief writes in model_dir; the other worker's scratch copy is gone.
     assert sorted(os.listdir(model_dir)) == CHIEF_RUN_FILES
+
+
+def test_sigterm_to_one_worker_stops_the_cluster_after_one_step_and_the_rerun_matches(
+        tmp_path, image_tree):
+    model_dir = tmp_path / "run"
+    args = [f"--dataset=folder:{image_tree}", f"--model_dir={model_dir}"]
+    # The preemption notice reaches the non-chief alone, at the end of its step 4.
+    # Both workers train one more step and stop there: step 5, mid-epoch, which no
+    # --checkpoint_every=2 save would have written.
+    notice = {KILL_AT_VARIABLE: "train.step_end@4", KILL_SIGNAL_VARIABLE: "SIGTERM"}
+    for status, output in _run_cluster(args, worker_env={1: notice}):
+        assert status == 143, output[-3000:]
+        assert f"Stopped by SIGTERM at step 5 of {STEPS}" in output
+    assert latest_step(model_dir) == 5
+
+    (model_dir / ".worker_worker_1" / "stale").mkdir(parents=True)  # as a killed worker leaves it
+    for status, output in _run_cluster(args):
+        assert status == 0, output[-3000:]
+        assert f"Resuming from {model_dir}/checkpoints/ckpt-5 at step 5 of {STEPS}" in output
+    assert summary(model_dir)["start_step"] == 5 and latest_step(model_dir) == STEPS
+    # Only the chief writes in model_dir; the other worker's scratch copies are gone.
+    assert sorted(os.listdir(model_dir)) == CHIEF_RUN_FILES
+
+    # The resumed cluster ends on an uninterrupted cluster's tensors. (Not on the
+    # one-process run's: the cluster's cross-worker sums round differently, and
+    # Adam's slots of the prior player drift apart by up to 2 % in 12 steps.)
+    uninterrupted = tmp_path / "uninterrupted"
+    for status, output in _run_cluster([f"--dataset=folder:{image_tree}",
+                                        f"--model_dir={uninterrupted}"]):
+        assert status == 0, output[-3000:]
+    assert_same_tensors(checkpoint_tensors(str(model_dir / "checkpoints" / f"ckpt-{STEPS}")),
+                        checkpoint_tensors(str(uninterrupted / "checkpoints" / f"ckpt-{STEPS}")))
 
 
 @pytest.mark.slow
