@@ -33,9 +33,10 @@ setup(
     extras_require={
         # The gRPC client of `python -m dim_tf.embed`.
         "serving": ["tensorflow-serving-api>=2.21,<2.22"],
-        # Compiling the pipeline for Kubeflow Pipelines: python -m pipelines.kubeflow.
-        "kubeflow": ["kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3"],
+        # Compiling the pipeline for Kubeflow Pipelines (python -m pipelines.kubeflow) and
+        # training as a Training Operator TFJob (--train_launcher=tfjob).
+        "kubeflow": ["kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3", "kubeflow-training>=1.9,<2"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22",
-                "kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3"],
+                "kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3", "kubeflow-training>=1.9,<2"],
     },
 )

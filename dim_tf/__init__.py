@@ -46,6 +46,7 @@ _EXPORTS = {
     "atomic_write_json": "dim_tf.io",
     "atomic_write_text": "dim_tf.io",
     "kill_point": "dim_tf.faults",
+    "config_flags": "dim_tf.cli",
     "config_values": "dim_tf.cli",
     "define_config_flags": "dim_tf.cli",
     "run_cli": "dim_tf.cli:run",

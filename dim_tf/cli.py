@@ -59,6 +59,26 @@ def config_values(cls: type, *, exclude: Iterable[str] = (), prefix: str = "",
     return values
 
 
+def config_flags(config: object, *, exclude: Iterable[str] = (), prefix: str = "") -> list[str]:
+    """The command-line flags that `config_values` reads back as `config` (a config
+    dataclass): `--name=value` per field that is set, `--name`/`--noname` for booleans,
+    comma-joined lists. For a command run elsewhere, e.g. on the workers of a cluster."""
+    exclude = set(exclude)
+    arguments = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in exclude or value is None:
+            continue
+        name = prefix + field.name
+        if isinstance(value, bool):
+            arguments.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, tuple):
+            arguments.append(f"--{name}={','.join(str(v) for v in value)}")
+        else:
+            arguments.append(f"--{name}={value}")
+    return arguments
+
+
 def _module_name(module_globals: dict) -> str:
     """The name absl files a module's flags under (the script's path for __main__)."""
     name = module_globals["__name__"]

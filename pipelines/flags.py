@@ -15,8 +15,13 @@ import os
 from absl import flags
 
 from dim_tf import ConfigError, EvalConfig, TrainConfig, config_values, define_config_flags
+from pipelines.train import training_settings
 
 STAGE_NAMES = ("ingest", "train", "evaluate", "push")
+TRAIN_LAUNCHERS = ("in_process", "tfjob")
+# --tfjob_NAME flag -> pipelines.tfjob.TFJobSettings field.
+TFJOB_FIELDS = ("image", "workers", "namespace", "pvc", "mount_path", "memory", "accelerator",
+                "accelerator_count")
 
 # TrainConfig fields that are the ingest stage's parameters.
 INGEST_FIELDS = ("dataset", "data_dir", "manual_dir", "download", "skip_corrupt")
@@ -54,6 +59,22 @@ flags.DEFINE_float("min_accuracy", 0.0, "Blessing: the metric must be at least t
 flags.DEFINE_float("min_gain_over_random", None, "Blessing: the metric must beat the randomly "
                    "initialised encoder by at least this many points (needs --baseline).")
 
+flags.DEFINE_enum("train_launcher", "in_process", TRAIN_LAUNCHERS, "How the train stage "
+                  "trains: in its own process (with --strategy), or as a Kubeflow TFJob of a chief "
+                  "and --tfjob_workers workers, waited for (pipelines/tfjob.py).")
+flags.DEFINE_string("tfjob_image", None, "--train_launcher=tfjob: the image of the job's pods "
+                    "(the step image, docs/scale-out.md).")
+flags.DEFINE_integer("tfjob_workers", 1, "--train_launcher=tfjob: workers besides the chief.")
+flags.DEFINE_string("tfjob_namespace", "kubeflow", "--train_launcher=tfjob: the job's namespace.")
+flags.DEFINE_string("tfjob_pvc", None, "--train_launcher=tfjob: the claim holding the pipeline "
+                    "root, mounted at --tfjob_mount_path in every pod.")
+flags.DEFINE_string("tfjob_mount_path", "/pipeline", "--train_launcher=tfjob: where the claim is "
+                    "mounted (the pipeline root must be under it).")
+flags.DEFINE_string("tfjob_memory", "16G", "--train_launcher=tfjob: memory per pod.")
+flags.DEFINE_string("tfjob_accelerator", None, "--train_launcher=tfjob: accelerator per pod, "
+                    "e.g. nvidia.com/gpu.")
+flags.DEFINE_integer("tfjob_accelerator_count", 1, "--train_launcher=tfjob: how many of "
+                     "--tfjob_accelerator per pod.")
 
 # The training and evaluation flags, made from the configs.
 define_config_flags(TrainConfig, exclude=("model_dir",))
@@ -69,8 +90,10 @@ def stage_parameters(values: flags.FlagValues = FLAGS) -> dict[str, dict]:
         "ingest": {**{name: values[name].value for name in INGEST_FIELDS},
                    "splits": [values.train_split, values.test_split],
                    "channels": values.channels, "examples_per_shard": values.examples_per_shard},
-        "train": config_values(TrainConfig, exclude=_TRAIN_FIELDS_SET_BY_PIPELINE,
-                               flag_values=values),
+        "train": {**config_values(TrainConfig, exclude=_TRAIN_FIELDS_SET_BY_PIPELINE,
+                                  flag_values=values),
+                  "launcher": values.train_launcher,
+                  "tfjob": {name: values[f"tfjob_{name}"].value for name in TFJOB_FIELDS}},
         "evaluate": {**config_values(EvalConfig, prefix=_EVAL_PREFIX,
                                      exclude=_EVAL_FIELDS_NOT_FLAGS, flag_values=values),
                      "train_split": values.train_split, "test_split": values.test_split,
@@ -89,7 +112,7 @@ def validate_parameters(parameters: dict[str, dict]) -> None:
         ConfigError: a training setting is invalid, or the blessing metric is not
             among the evaluated ones.
     """
-    TrainConfig(model_dir="<pipeline>", dataset="tfrecord:<ingested>", **parameters["train"])
+    training_settings(parameters["train"], model_dir="<pipeline>", dataset="tfrecord:<ingested>")
     evaluated = parameters["evaluate"]
     probe, _, layer = parameters["push"]["blessing_metric"].partition("/")
     if probe not in evaluated["probes"] or layer not in evaluated["layers"]:

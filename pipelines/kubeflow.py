@@ -14,7 +14,12 @@ whose file locking SQLite trusts; SQLite's WAL journal is not safe on NFS).
 Kubeflow's own step cache is switched off: the stages' cache keys include
 the flagfile's content and the upstream artifacts, which Kubeflow cannot see.
 Training can ask for accelerators (--train_accelerator, e.g. nvidia.com/gpu)
-and uses the flagfile's --strategy.
+and uses the flagfile's --strategy. With --train_workers=N the train step
+instead launches a Training Operator TFJob of a chief and N workers on the same
+volume and waits for it (`--train_launcher=tfjob`, pipelines/tfjob.py); the
+accelerators then go to the job's pods, and the pipeline's service account must
+be allowed to create, get, list and delete `tfjobs.kubeflow.org` in
+--tfjob_namespace.
 """
 
 import os
@@ -36,6 +41,8 @@ def compile_pipeline(
     train_accelerator: str | None = None,
     train_accelerator_count: int = 1,
     train_memory: str = "16G",
+    train_workers: int = 0,
+    tfjob_namespace: str = "kubeflow",
 ) -> str:
     """Writes the Kubeflow Pipelines (v2 IR YAML) spec of the DIM pipeline to `output`.
 
@@ -47,12 +54,23 @@ def compile_pipeline(
     """
     from kfp import compiler, dsl
 
+    launch_tfjob = train_workers > 0
+    tfjob_flags = [
+        "--train_launcher=tfjob", f"--tfjob_workers={train_workers}", f"--tfjob_image={image}",
+        f"--tfjob_namespace={tfjob_namespace}", f"--tfjob_mount_path={mount_path}",
+        f"--tfjob_memory={train_memory}", *([f"--tfjob_pvc={pvc}"] if pvc else []),
+        *([f"--tfjob_accelerator={train_accelerator}",
+           f"--tfjob_accelerator_count={train_accelerator_count}"] if train_accelerator else []),
+    ] if launch_tfjob else []
+
     def step(stage: str):
         command = ["python", "-m", "pipelines.run", f"--only={stage}"]
+        extra = tfjob_flags if stage == "train" else []
 
         def run_stage(flagfile: str, pipeline_root: str):
             return dsl.ContainerSpec(image=image, command=command,
-                                     args=["--flagfile", flagfile, "--pipeline_root", pipeline_root])
+                                     args=["--flagfile", flagfile, "--pipeline_root", pipeline_root,
+                                           *extra])
 
         run_stage.__name__ = f"dim_{stage}"
         run_stage.__doc__ = f"dim-tf pipeline stage `{stage}` ({' '.join(command[1:])})."
@@ -67,7 +85,7 @@ def compile_pipeline(
             task = components[stage](flagfile=flagfile, pipeline_root=pipeline_root)
             task.set_display_name(stage)
             task.set_caching_options(False)
-            if stage == "train":
+            if stage == "train" and not launch_tfjob:
                 task.set_memory_limit(train_memory)
                 if train_accelerator:
                     task.set_accelerator_type(train_accelerator)
@@ -98,7 +116,10 @@ def _define_flags() -> None:
     flags.DEFINE_string("pvc", None, "Name of the persistent volume claim holding the pipeline root.")
     flags.DEFINE_string("train_accelerator", None, "Accelerator of the training step, e.g. nvidia.com/gpu.")
     flags.DEFINE_integer("train_accelerator_count", 1, "How many of --train_accelerator.")
-    flags.DEFINE_string("train_memory", "16G", "Memory limit of the training step.")
+    flags.DEFINE_string("train_memory", "16G", "Memory limit of the training step (of each "
+                        "TFJob pod with --train_workers).")
+    flags.DEFINE_integer("train_workers", 0, "0: train in the step's pod. N > 0: the step launches "
+                         "a TFJob of a chief and N workers and waits for it.", lower_bound=0)
     flags.mark_flag_as_required("image")
 
 
@@ -106,7 +127,7 @@ def main() -> None:
     try:
         path = compile_pipeline(FLAGS.output, FLAGS.image, FLAGS.flagfile_in_image, FLAGS.mount_path,
                                 FLAGS.pvc, FLAGS.train_accelerator, FLAGS.train_accelerator_count,
-                                FLAGS.train_memory)
+                                FLAGS.train_memory, FLAGS.train_workers, FLAGS.tfjob_namespace)
     except ImportError as error:
         raise DimError(f"{error}. Compiling for Kubeflow needs the optional extra: "
                        "pip install -e \".[kubeflow]\"") from error

@@ -42,6 +42,31 @@ def test_config_flags_carry_defaults_types_help_and_choices():
                              flag_values=evaluation)["layers"] == ("conv", "y")
 
 
+def test_config_flags_read_back_as_the_same_config(tmp_path):
+    """What a cluster's workers are told to run (pipelines/tfjob.py) is the config itself:
+    every field away from its default, booleans both ways, lists, floats, None left out."""
+    original = config.TrainConfig(
+        model_dir="/pipeline/run", dataset="tfrecord:/pipeline/examples", epochs=7,
+        learning_rate=3e-4, random_flip=False, random_crop=True, mixed_precision=True,
+        views=2, score_clip=20.0, estimator="nce", time_budget_minutes=None)
+    values = flags.FlagValues()
+    cli.define_config_flags(config.TrainConfig, flag_values=values)
+    arguments = cli.config_flags(original)
+    assert "--norandom_flip" in arguments and "--random_crop" in arguments
+    assert not any(a.startswith("--time_budget_minutes") for a in arguments)
+    values(["prog", *arguments])
+    assert config.TrainConfig(**cli.config_values(config.TrainConfig, flag_values=values)) == original
+
+    (tmp_path / config.RUN_CONFIG_FILE).write_text("{}")
+    evaluation = config.EvalConfig(model_dir=str(tmp_path), layers=("conv", "y"), probes=("knn",),
+                                   max_test_examples=100, diagnostics=False)
+    values = flags.FlagValues()
+    cli.define_config_flags(config.EvalConfig, prefix="eval_", flag_values=values)
+    values(["prog", *cli.config_flags(evaluation, prefix="eval_")])
+    assert config.EvalConfig(**cli.config_values(config.EvalConfig, prefix="eval_",
+                                                 flag_values=values)) == evaluation
+
+
 @pytest.mark.parametrize("given", ["local_nce", "local_nce.flags", "configs/local_nce.flags"])
 def test_a_shipped_flagfile_is_found_by_name_from_any_directory(given, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here

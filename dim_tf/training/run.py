@@ -49,7 +49,8 @@ from dim_tf.config import (
 )
 from dim_tf.data import labels, loaders, streams
 from dim_tf.data import source as source_lib
-from dim_tf.errors import ConfigError, DataError, NonFiniteError, Preempted, TrainingError
+from dim_tf.errors import (ConfigError, DamagedRunFileError, DataError, NonFiniteError, Preempted,
+                           RunNotFoundError, TrainingError)
 from dim_tf.training import callbacks as callbacks_lib
 from dim_tf.training import model_dir as model_dir_lib
 from dim_tf.training import schedule as schedule_lib
@@ -95,6 +96,27 @@ class TrainResult:
     def summary(self) -> dict:
         """The content of summary.json (only the chief writes one)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "chief"}
+
+    @classmethod
+    def read(cls, model_dir: str) -> TrainResult:
+        """The chief's result of the last `train` of the run in `model_dir` (its
+        summary.json), e.g. after a run on a cluster's pods.
+
+        Raises:
+            RunNotFoundError: no summary.json (the run never finished a `train`).
+            DamagedRunFileError: summary.json cannot be read as one.
+        """
+        path = os.path.join(model_dir, SUMMARY_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                summary = json.load(f)
+            return cls(**dict(summary, skipped_images=tuple(summary["skipped_images"])))
+        except FileNotFoundError:
+            raise RunNotFoundError(f"{path} does not exist: no training of this run has "
+                                   "finished.") from None
+        except (ValueError, TypeError, KeyError) as error:
+            raise DamagedRunFileError(f"{path} is not a run summary ({error}); rerun the "
+                                      "training to rewrite it.") from None
 
 
 @dataclasses.dataclass(frozen=True)
