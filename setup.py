@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+BEAM = ["apache-beam>=2.77,<3", "tensorflow-hub>=0.16"]
+
 setup(
     name="dim-tf",
     version="0.1.0",
@@ -36,7 +38,12 @@ setup(
         # Compiling the pipeline for Kubeflow Pipelines (python -m pipelines.kubeflow) and
         # training as a Training Operator TFJob (--train_launcher=tfjob).
         "kubeflow": ["kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3", "kubeflow-training>=1.9,<2"],
+        # Ingest and batch embedding on Apache Beam (--ingest_runner=beam, dim_tf.embed
+        # --engine=beam). Beam's TensorFlow model handler imports tensorflow_hub. Beam
+        # 2.77 pins pillow<13, pyarrow<26 and python-dateutil<3: pip downgrades them. On
+        # Dataflow add its extra: pip install "apache-beam[gcp]".
+        "beam": BEAM,
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api>=2.21,<2.22",
-                "kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3", "kubeflow-training>=1.9,<2"],
+                "kfp>=2.14,<3", "kfp-kubernetes>=1.4,<3", "kubeflow-training>=1.9,<2", *BEAM],
     },
 )

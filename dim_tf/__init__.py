@@ -56,9 +56,11 @@ _EXPORTS = {
     "training_dataset": "dim_tf.data.streams",
     "read_tfrecord_schema": "dim_tf.data.tfrecords",
     "write_tfrecord_dataset": "dim_tf.data.tfrecords",
+    "write_tfrecord_dataset_beam": "dim_tf.data.beam_ingest",
+    "beam_pipeline_options": "dim_tf.data.beam:pipeline_options",
     # models and objectives
     "ENCODERS": "dim_tf.models.encoders",
-    "FEATURE_NAMES": "dim_tf.models.encoders",
+    "FEATURE_NAMES": "dim_tf.config",
     "build_encoder": "dim_tf.models.encoders",
     "encoder_image_size": "dim_tf.models.encoders",
     "ESTIMATORS": "dim_tf.config",
@@ -82,6 +84,8 @@ _EXPORTS = {
     "evaluate": "dim_tf.evaluation.run",
     "export_encoder": "dim_tf.serving.export",
     "export_run": "dim_tf.serving.export",
+    "embed_with_beam": "dim_tf.serving.beam_embed",
+    "read_embeddings": "dim_tf.serving.beam_embed",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -47,6 +47,8 @@ SCHEDULE_FILE = "schedule.json"  # the learning-rate schedule's length in steps,
 
 # The signatures of an exported encoder (written by dim_tf.serving, read by evaluation).
 SERVING_SIGNATURE = "serving_default"
+# The encoder's outputs, served by every signature: local map, conv map, fc, global code y.
+FEATURE_NAMES = ("local", "conv", "fc", "y")
 NORMALIZED_SIGNATURE = "encode_normalized"
 # The width of the MI heads in the paper's DIM(L) runs.
 DEFAULT_MI_UNITS = 2048

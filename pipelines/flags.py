@@ -14,11 +14,14 @@ import os
 
 from absl import flags
 
-from dim_tf import ConfigError, EvalConfig, TrainConfig, config_values, define_config_flags
+from dim_tf import (FEATURE_NAMES, ConfigError, EvalConfig, TrainConfig, beam_pipeline_options,
+                    config_values, define_config_flags)
 from pipelines.train import training_settings
 
-STAGE_NAMES = ("ingest", "train", "evaluate", "push")
+STAGE_NAMES = ("ingest", "train", "evaluate", "push", "embed")
+INGEST_RUNNERS = ("local", "beam")
 TRAIN_LAUNCHERS = ("in_process", "tfjob")
+EMBED_FORMATS = ("tfrecord", "parquet")
 # --tfjob_NAME flag -> pipelines.tfjob.TFJobSettings field.
 TFJOB_FIELDS = ("image", "workers", "namespace", "pvc", "mount_path", "memory", "accelerator",
                 "accelerator_count")
@@ -49,6 +52,18 @@ flags.DEFINE_list("force", [], "Stages to run again even when their cached resul
 flags.DEFINE_string("test_split", "test", "Labelled split the evaluation tests probes on "
                     "(ingested with --train_split).")
 flags.DEFINE_integer("examples_per_shard", 10_000, "Images per TFRecord shard written by ingest.")
+flags.DEFINE_enum("ingest_runner", "local", INGEST_RUNNERS, "How ingest reads an image folder: "
+                  "in its own process, or as an Apache Beam pipeline (the same files) on the runner "
+                  "--beam_pipeline_args selects.")
+flags.DEFINE_string("beam_pipeline_args", None, "Beam's own pipeline options for "
+                    "--ingest_runner=beam and the embed stage, as one string, e.g. "
+                    "\"--runner=FlinkRunner --flink_master=HOST:8081\" (default: the DirectRunner, a "
+                    "worker process per core).")
+flags.DEFINE_list("embed_splits", [], "Embed stage: the ingested splits to embed with the pushed "
+                  "encoder through Beam's RunInference (default none: the stage does nothing).")
+flags.DEFINE_list("embed_features", ["y"], "Embed stage: the encoder outputs to write "
+                  "(y, fc, conv, local).")
+flags.DEFINE_enum("embed_format", "tfrecord", EMBED_FORMATS, "Embed stage: the files written.")
 flags.DEFINE_bool("baseline", True, "Also evaluate a randomly initialised encoder of the same "
                   "architecture (needed by --min_gain_over_random).")
 flags.DEFINE_string("push_destination", None, "Model base path the blessed encoder is exported "
@@ -89,7 +104,8 @@ def stage_parameters(values: flags.FlagValues = FLAGS) -> dict[str, dict]:
     return {
         "ingest": {**{name: values[name].value for name in INGEST_FIELDS},
                    "splits": [values.train_split, values.test_split],
-                   "channels": values.channels, "examples_per_shard": values.examples_per_shard},
+                   "channels": values.channels, "examples_per_shard": values.examples_per_shard,
+                   "runner": values.ingest_runner, "beam_pipeline_args": values.beam_pipeline_args},
         "train": {**config_values(TrainConfig, exclude=_TRAIN_FIELDS_SET_BY_PIPELINE,
                                   flag_values=values),
                   "launcher": values.train_launcher,
@@ -101,6 +117,10 @@ def stage_parameters(values: flags.FlagValues = FLAGS) -> dict[str, dict]:
         "push": {"destination": os.path.abspath(destination),
                  "blessing_metric": values.blessing_metric, "min_accuracy": values.min_accuracy,
                  "min_gain_over_random": values.min_gain_over_random},
+        "embed": {"splits": values.embed_splits, "features": values.embed_features,
+                  "output_format": values.embed_format, "channels": values.channels,
+                  "batch_size": values.eval_batch_size,
+                  "beam_pipeline_args": values.beam_pipeline_args},
     }
 
 
@@ -109,10 +129,23 @@ def validate_parameters(parameters: dict[str, dict]) -> None:
     blessing flag does not surface only after ingest.
 
     Raises:
-        ConfigError: a training setting is invalid, or the blessing metric is not
-            among the evaluated ones.
+        ConfigError: a training setting is invalid, the blessing metric is not
+            among the evaluated ones, a split to embed is not ingested, or Beam does
+            not know a pipeline option.
     """
     training_settings(parameters["train"], model_dir="<pipeline>", dataset="tfrecord:<ingested>")
+    embedded = parameters["embed"]
+    unknown = [split for split in embedded["splits"] if split not in parameters["ingest"]["splits"]]
+    if unknown:
+        raise ConfigError(f"--embed_splits={','.join(embedded['splits'])}: {', '.join(unknown)} "
+                          "not ingested; the ingest writes --train_split and --test_split "
+                          f"({', '.join(parameters['ingest']['splits'])}).")
+    unknown = [name for name in embedded["features"] if name not in FEATURE_NAMES]
+    if unknown or not embedded["features"]:
+        raise ConfigError(f"--embed_features={','.join(embedded['features'])}: give names among "
+                          f"{', '.join(FEATURE_NAMES)}.")
+    if parameters["ingest"]["runner"] == "beam" or embedded["splits"]:
+        beam_pipeline_options(parameters["ingest"]["beam_pipeline_args"])  # Beam loads, not TF
     evaluated = parameters["evaluate"]
     probe, _, layer = parameters["push"]["blessing_metric"].partition("/")
     if probe not in evaluated["probes"] or layer not in evaluated["layers"]:

@@ -1,6 +1,6 @@
 """The DIM pipeline: its stages in order, and the runner that threads artifacts through them.
 
-    ingest -> train -> evaluate -> push
+    ingest -> train -> evaluate -> push -> embed
 
 `run_pipeline` runs (or takes from the cache) each stage in order, feeding it
 the artifacts its inputs name. With `only=STAGE` the upstream stages must
@@ -16,11 +16,11 @@ import sys
 import time
 import uuid
 
-from pipelines import evaluate, ingest, push, train
+from pipelines import embed, evaluate, ingest, push, train
 from pipelines.stage import Stage, StageNotRun, StageResult, find_cached, fingerprint, run_stage
 from pipelines.store import METADATA_FILE, Artifact, MetadataStore
 
-STAGES: tuple[Stage, ...] = (ingest.STAGE, train.STAGE, evaluate.STAGE, push.STAGE)
+STAGES: tuple[Stage, ...] = (ingest.STAGE, train.STAGE, evaluate.STAGE, push.STAGE, embed.STAGE)
 
 
 def open_store(pipeline_root: str) -> MetadataStore:

@@ -68,7 +68,7 @@ def _folder_source(root: str, split: str) -> ImageSource:
     # The root, not the `sample:` name: messages then show where the files are.
     return ImageSource(name=f"folder:{root}", split=split, records=records,
                        num_examples=len(images), label_names=labels, rejected=listing.bad,
-                       is_image_folder=True, check=listing.check)
+                       is_image_folder=True, check=listing.check, files=images)
 
 
 def _split_level_hint(root: str, splits: list[str]) -> str:

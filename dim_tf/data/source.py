@@ -39,6 +39,8 @@ class ImageSource:
         were checked when they were written.
     check: an image folder's file check in progress (what earlier checks found),
         which `find_bad_images` completes and saves.
+    files: an image folder's images in `records`' order (the Beam ingest reads
+        them itself).
     """
 
     name: str
@@ -50,6 +52,7 @@ class ImageSource:
     rejected: tuple[BadImage, ...] = ()
     is_image_folder: bool = False
     check: FolderCheck | None = None
+    files: tuple[image_files.ImageFile, ...] = ()
 
 
 def folder_records(paths: Sequence[str], labels: Sequence[int],
@@ -96,7 +99,7 @@ def find_bad_images(source: ImageSource, channels: int) -> tuple[BadImage, ...]:
     decodes = _decodable(folder_records(paths, [-1] * len(paths), [via for _, via in pending]),
                          channels) if pending else set()
     for path in paths:
-        reason = None if path in decodes else _decode_failure(path, channels)
+        reason = None if path in decodes else decode_failure_reason(path, channels)
         check.decoded(path, reason, remember=reason != _DECODES_NOW)
     if check.remembered:
         logging.info("%s: %d file(s) unchanged since an earlier check were not checked again "
@@ -120,7 +123,8 @@ def _decodable(records: tf.data.Dataset, channels: int) -> set[str]:
 _DECODES_NOW = "did not decode during the check but does now: was it being written?"
 
 
-def _decode_failure(path: str, channels: int) -> str:
+def decode_failure_reason(path: str, channels: int) -> str:
+    """Why the image file `path` does not decode to `channels` channels."""
     reason = image_files.decode_failure(path)
     if reason is not None:
         return reason

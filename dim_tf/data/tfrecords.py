@@ -12,16 +12,17 @@ so a directory without one was not finished and is refused.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import os
-from typing import Iterator, Mapping
+from collections import Counter
+from typing import Iterator, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
 from dim_tf.config import DatasetSpec
+from dim_tf.data.image_files import BadImage
 from dim_tf.data.source import ImageSource, find_bad_images, usable_images
 from dim_tf.errors import DataError
 from dim_tf.io import atomic_path, atomic_write_json
@@ -36,24 +37,33 @@ _FEATURES = {
 }
 
 
-def _shard_name(split: str, index: int, count: int) -> str:
+def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def _example(encoded: bytes, label: int, name: bytes) -> bytes:
+def serialize_example(encoded: bytes, label: int, name: bytes) -> bytes:
+    """One image's record: its encoded bytes, label and name."""
     feature = {
         "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
         "image/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
         "image/name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # Deterministic: map fields in key order, not in the order of this process's string hashes.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
-def _split_statistics(label_counts, heights, widths, channels, label_names, bad) -> dict:
-    def summary(values):
-        counts = collections.Counter(values)
-        return {"min": min(values), "max": max(values), "mean": sum(values) / len(values),
-                "most_common": [[v, n] for v, n in counts.most_common(5)]}
+def split_statistics(label_counts: Counter, heights: Counter, widths: Counter, channels: Counter,
+                     label_names: Sequence[str], bad: Sequence[BadImage]) -> dict:
+    """statistics.json's entry for one split, from counts of labels, image heights,
+    widths and file channels, and its unusable files."""
+    def summary(counts):
+        total = sum(counts.values())
+        # Ties ordered by value: the same summary whatever order the images were counted in.
+        most_common = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:5]
+        return {"min": min(counts), "max": max(counts),
+                "mean": sum(value * n for value, n in counts.items()) / total,
+                "most_common": [[value, n] for value, n in most_common]}
 
     return {
         "num_examples": sum(label_counts.values()),
@@ -63,9 +73,35 @@ def _split_statistics(label_counts, heights, widths, channels, label_names, bad)
         },
         "height": summary(heights),
         "width": summary(widths),
-        "file_channels": {str(c): n for c, n in sorted(collections.Counter(channels).items())},
+        "file_channels": {str(c): n for c, n in sorted(channels.items())},
         "corrupt_files": [{"path": b.path, "reason": b.reason} for b in bad],
     }
+
+
+def new_schema(label_names: Sequence[str]) -> dict:
+    """schema.json without its splits (`finish_dataset` adds them)."""
+    return {"version": SCHEMA_VERSION, "features": {k: v.dtype.name for k, v in _FEATURES.items()},
+            "label_names": list(label_names), "splits": {}}
+
+
+def split_label_names(sources: Mapping[str, ImageSource]) -> tuple[str, ...]:
+    """The class list every split of `sources` shares.
+
+    Raises:
+        DataError: two splits have different classes.
+    """
+    label_names = next(iter(sources.values())).label_names if sources else ()
+    for split, source in sources.items():
+        if source.label_names != label_names:
+            raise DataError(f"Split {split!r} has classes {list(source.label_names)}, other splits "
+                            f"{list(label_names)}: the label indices would not agree.")
+    return label_names
+
+
+def finish_dataset(output_dir: str, schema: dict, statistics: dict) -> None:
+    """Writes statistics.json, then schema.json: the dataset's shards are complete."""
+    atomic_write_json(os.path.join(output_dir, STATISTICS_FILE), statistics)
+    atomic_write_json(os.path.join(output_dir, SCHEMA_FILE), schema)
 
 
 def write_tfrecord_dataset(
@@ -99,15 +135,11 @@ def write_tfrecord_dataset(
     """
     if examples_per_shard < 1:
         raise ValueError(f"examples_per_shard must be >= 1; got {examples_per_shard}.")
+    label_names = split_label_names(sources)
     os.makedirs(output_dir, exist_ok=True)
-    label_names = next(iter(sources.values())).label_names if sources else ()
-    schema = {"version": SCHEMA_VERSION, "features": {k: v.dtype.name for k, v in _FEATURES.items()},
-              "label_names": list(label_names), "splits": {}}
+    schema = new_schema(label_names)
     statistics = {}
     for split, source in sources.items():
-        if source.label_names != label_names:
-            raise DataError(f"Split {split!r} has classes {list(source.label_names)}, other splits "
-                            f"{list(label_names)}: the label indices would not agree.")
         bad = ()
         if source.is_image_folder:
             bad = find_bad_images(source, check_channels)
@@ -115,12 +147,12 @@ def write_tfrecord_dataset(
         elif source.num_examples == 0:
             raise DataError(f"Split {split!r} of {source.name} has no images.")
         shards = max(1, -(-source.num_examples // examples_per_shard))
-        files = [_shard_name(split, i, shards) for i in range(shards)]
+        files = [shard_name(split, i, shards) for i in range(shards)]
         described = source.records.map(
             lambda r: (r["image"], r["label"], r["name"],
                        tf.shape(tf.io.decode_image(r["image"], channels=0, expand_animations=False))),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        label_counts, heights, widths, channels = collections.Counter(), [], [], []
+        label_counts, heights, widths, channels = Counter(), Counter(), Counter(), Counter()
         bar = keras.utils.Progbar(source.num_examples, unit_name="image") if progress else None
         written = 0
         records = described.as_numpy_iterator()
@@ -129,11 +161,11 @@ def write_tfrecord_dataset(
             with atomic_path(os.path.join(output_dir, file)) as temporary, \
                     tf.io.TFRecordWriter(temporary) as writer:
                 for encoded, label, name, shape in shard:
-                    writer.write(_example(encoded, int(label), name))
+                    writer.write(serialize_example(encoded, int(label), name))
                     label_counts[int(label)] += 1
-                    heights.append(int(shape[0]))
-                    widths.append(int(shape[1]))
-                    channels.append(int(shape[2]))
+                    heights[int(shape[0])] += 1
+                    widths[int(shape[1])] += 1
+                    channels[int(shape[2])] += 1
                     written += 1
                     if bar is not None and written % 1000 == 0 and written < source.num_examples:
                         bar.update(written)
@@ -144,10 +176,9 @@ def write_tfrecord_dataset(
             raise DataError(f"Split {split!r} of {source.name}: expected {source.num_examples} "
                             f"images, read {written}.")
         schema["splits"][split] = {"num_examples": written, "files": files, "source": source.name}
-        statistics[split] = _split_statistics(label_counts, heights, widths, channels, label_names,
-                                              bad)
-    atomic_write_json(os.path.join(output_dir, STATISTICS_FILE), statistics)
-    atomic_write_json(os.path.join(output_dir, SCHEMA_FILE), schema)
+        statistics[split] = split_statistics(label_counts, heights, widths, channels, label_names,
+                                             bad)
+    finish_dataset(output_dir, schema, statistics)
     return statistics
 
 
@@ -178,8 +209,13 @@ def read_tfrecord_schema(root: str) -> dict:
     return schema
 
 
-def tfrecord_source(root: str, split: str) -> ImageSource:
-    """`split` of the TFRecord dataset in `root`, in its written order."""
+def split_shards(root: str, split: str) -> tuple[dict, list[str]]:
+    """(schema.json's entry for `split`, the paths of its shards) of the TFRecord
+    dataset in `root`.
+
+    Raises:
+        DataError: no such dataset or split, or a shard is missing.
+    """
     schema = read_tfrecord_schema(root)
     if split not in schema["splits"]:
         raise DataError(f"TFRecord dataset {root!r} has no split {split!r}; it has: "
@@ -190,6 +226,21 @@ def tfrecord_source(root: str, split: str) -> ImageSource:
     if missing:
         raise DataError(f"TFRecord dataset {root!r} split {split!r} is missing shard(s): "
                         f"{', '.join(missing)}.")
+    return info, files
+
+
+def parse_record(serialized: bytes) -> tuple[bytes, int, bytes]:
+    """(encoded image, label, name) of a record `serialize_example` wrote, parsed in
+    Python (for code outside tf.data, such as Beam workers)."""
+    fields = tf.train.Example.FromString(serialized).features.feature
+    return (fields["image/encoded"].bytes_list.value[0], fields["image/label"].int64_list.value[0],
+            fields["image/name"].bytes_list.value[0])
+
+
+def tfrecord_source(root: str, split: str) -> ImageSource:
+    """`split` of the TFRecord dataset in `root`, in its written order."""
+    info, files = split_shards(root, split)
+    label_names = tuple(read_tfrecord_schema(root)["label_names"])
 
     def parse(serialized):
         example = tf.io.parse_single_example(serialized, _FEATURES)
@@ -202,4 +253,4 @@ def tfrecord_source(root: str, split: str) -> ImageSource:
         parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ImageSource(name=str(DatasetSpec.tfrecords(root)), split=split, records=records,
                        num_examples=int(info["num_examples"]),
-                       label_names=tuple(schema["label_names"]))
+                       label_names=label_names)

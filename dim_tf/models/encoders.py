@@ -32,11 +32,10 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from dim_tf.config import ENCODER_IMAGE_SIZE, ENCODERS
+from dim_tf.config import ENCODER_IMAGE_SIZE, ENCODERS, FEATURE_NAMES
 from dim_tf.errors import ConfigError
 from dim_tf.models import normalization
 
-FEATURE_NAMES = ("local", "conv", "fc", "y")
 
 
 def layers_with_padding_layers(encoder: keras.Model) -> list[layers.Layer | None]:

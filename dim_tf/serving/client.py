@@ -19,7 +19,8 @@ content rather than its name, except operating-system and editor clutter
 stops the embedding with its reason, before any request. Images are sent as
 uint8 [batch, height, width, channels]; the exported signature converts
 channels, resizes and scales them inside the graph. Consecutive images of the
-same size share a batch.
+same size share a batch. The Beam engine (`dim_tf.serving.beam_embed`) lists, reads
+and decodes images with the same functions.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import json
 import os
 import urllib.error
 import urllib.request
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from dim_tf.config import SERVING_SIGNATURE
 from dim_tf.data import image_files
@@ -49,17 +51,51 @@ class InProcessBackend:
     """Runs the exported SavedModel in this process."""
 
     def __init__(self, saved_model_dir: str, signature: str = SERVING_SIGNATURE):
-        if not os.path.exists(os.path.join(saved_model_dir, "saved_model.pb")):
-            raise ServingError(f"No saved_model.pb in {saved_model_dir!r}: pass a version "
-                               "directory such as saved_models/NAME/1.")
-        signatures = tf.saved_model.load(saved_model_dir).signatures
-        if signature not in signatures:
-            raise ServingError(f"{saved_model_dir!r} has no signature {signature!r}; it has "
-                               f"{', '.join(sorted(signatures))}.")
-        self._fn = signatures[signature]
+        self._fn = load_signature(saved_model_dir, signature)
 
     def predict(self, images: np.ndarray, output: str) -> np.ndarray:
         return self._fn(images=tf.constant(images))[output].numpy()
+
+
+def check_saved_model(saved_model_dir: str, signature: str = SERVING_SIGNATURE,
+                      outputs: Sequence[str] = ()) -> None:
+    """Checks that `saved_model_dir` is a SavedModel version directory whose `signature`
+    has the named `outputs`, from its saved_model.pb alone (no variables are loaded:
+    cheap enough for a driver that only hands the path to its workers).
+
+    Raises:
+        ServingError: no saved_model.pb there, no such signature or output (the
+            message names those there are).
+    """
+    path = os.path.join(saved_model_dir, "saved_model.pb")
+    if not tf.io.gfile.exists(path):
+        raise ServingError(f"No saved_model.pb in {saved_model_dir!r}: pass a version "
+                           "directory such as saved_models/NAME/1.")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+    # "__saved_model_init_op" and the like are TensorFlow's, not callable signatures.
+    signatures = {name: definition for meta_graph in saved_model.meta_graphs
+                  for name, definition in meta_graph.signature_def.items()
+                  if not name.startswith("__")}
+    if signature not in signatures:
+        raise ServingError(f"{saved_model_dir!r} has no signature {signature!r}; it has "
+                           f"{', '.join(sorted(signatures))}.")
+    missing = [name for name in outputs if name not in signatures[signature].outputs]
+    if missing:
+        raise ServingError(f"Signature {signature!r} of {saved_model_dir!r} has no output "
+                           f"{', '.join(map(repr, missing))}; it has "
+                           f"{', '.join(sorted(signatures[signature].outputs))}.")
+
+
+def load_signature(saved_model_dir: str, signature: str = SERVING_SIGNATURE):
+    """The function `signature` of the SavedModel in `saved_model_dir`, loaded with
+    `tf.saved_model.load` (Keras 3's `load_model` cannot read a SavedModel).
+
+    Raises:
+        ServingError: see `check_saved_model`.
+    """
+    check_saved_model(saved_model_dir, signature)
+    return tf.saved_model.load(saved_model_dir).signatures[signature]
 
 
 class RestBackend:
@@ -142,12 +178,15 @@ def request_chunks(images: np.ndarray, max_bytes: int) -> list[np.ndarray]:
     return [images[i:i + step] for i in range(0, len(images), step)] or [images]
 
 
-def _image_files(folder: str) -> list[image_files.ImageFile]:
-    """The images under `folder` (recursively, sorted by path), by training's rules.
+def find_image_files(folder: str, skip_bad: bool = False) -> tuple[list[image_files.ImageFile],
+                                                                    list[image_files.BadImage]]:
+    """The images under `folder` (recursively, sorted by path), by training's rules, and
+    the files there that are no usable image (only with `skip_bad`, else none).
 
     Raises:
-        DataError: `folder` is missing or holds no image, or a file in it is no
-            usable image (all such files are named, with their reasons).
+        DataError: `folder` is missing or holds no usable image, or (without
+            `skip_bad`) a file in it is no usable image (all such files are named,
+            with their reasons).
     """
     if not os.path.isdir(folder):
         raise DataError(f"Image folder {folder!r} does not exist.")
@@ -160,13 +199,16 @@ def _image_files(folder: str) -> list[image_files.ImageFile]:
     # memory stays bounded), and which formats Pillow must decode (TensorFlow misreads
     # or crashes on them: animated WebP).
     checked = [image_files.probe(path, label=0) for path in sorted(paths)]
-    bad = [str(entry) for entry in checked if isinstance(entry, image_files.BadImage)]
-    if bad:
+    images = [entry for entry in checked if isinstance(entry, image_files.ImageFile)]
+    bad = [entry for entry in checked if isinstance(entry, image_files.BadImage)]
+    if bad and not skip_bad:
         raise DataError(f"Cannot use {len(bad)} file(s) under {folder!r} (every file there but "
-                        "hidden and system files must be an image):\n  " + "\n  ".join(bad))
-    if not checked:
-        raise DataError(f"No images under {folder!r} (hidden and system files are skipped).")
-    return checked
+                        "hidden and system files must be an image):\n  "
+                        + "\n  ".join(map(str, bad)))
+    if not images:
+        raise DataError(f"No images under {folder!r} (hidden and system files are skipped"
+                        + (f"; {len(bad)} file(s) are no usable image)." if bad else ")."))
+    return images, bad
 
 
 def list_images(folder: str) -> list[str]:
@@ -175,7 +217,46 @@ def list_images(folder: str) -> list[str]:
     Raises:
         DataError: `folder` is missing or empty, or holds a file that is no usable image.
     """
-    return [image.path for image in _image_files(folder)]
+    return [image.path for image in find_image_files(folder)[0]]
+
+
+# What reading and decoding an image file raises when its data is bad: TensorFlow's
+# errors (a file removed since the listing too), Pillow's.
+DECODE_ERRORS = (tf.errors.OpError, OSError, ValueError, SyntaxError)
+
+
+def decode_pixels(encoded: bytes | tf.Tensor, channels: int) -> np.ndarray:
+    """uint8 [height, width, channels]: the (first frame of the) encoded image, gray
+    and RGB converted to `channels` by `tf.io.decode_image`.
+
+    Raises:
+        tf.errors.InvalidArgumentError: the bytes are no image TensorFlow decodes.
+    """
+    return tf.io.decode_image(encoded, channels=channels, expand_animations=False).numpy()
+
+
+def read_pixels(image: image_files.ImageFile, channels: int) -> np.ndarray:
+    """`decode_pixels` of a listed image file; Pillow reads the formats TensorFlow
+    misreads (`image.via_pillow`).
+
+    Raises:
+        One of DECODE_ERRORS: the file cannot be read or decoded (`undecodable_reason`).
+    """
+    path = image.path
+    return decode_pixels(image_files.pillow_png(path) if image.via_pillow else tf.io.read_file(path),
+                         channels)
+
+
+def undecodable_reason(path: str | None, error: Exception) -> str:
+    """Why `read_pixels` (`path`) or `decode_pixels` (no path) failed with `error`:
+    Pillow's account of the file if it has one, else the error's message."""
+    if path is not None and os.path.isfile(path):
+        reason = image_files.decode_failure(path)
+        if reason:
+            return reason
+    if isinstance(error, tf.errors.OpError):  # the message without TF's op decorations
+        return error.message.split("}}")[-1].split("[Op:")[0].strip()
+    return str(error)
 
 
 def _batches(images: list[image_files.ImageFile], batch_size: int,
@@ -183,13 +264,11 @@ def _batches(images: list[image_files.ImageFile], batch_size: int,
     """uint8 batches of consecutive same-size images."""
     batch: list[np.ndarray] = []
     for checked in images:
-        path = checked.path
-        encoded = image_files.pillow_png(path) if checked.via_pillow else tf.io.read_file(path)
         try:
-            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False).numpy()
-        except tf.errors.InvalidArgumentError as error:
-            raise DataError(f"Cannot decode image {path!r}: "
-                            f"{image_files.decode_failure(path) or error.message}") from error
+            image = read_pixels(checked, channels)
+        except DECODE_ERRORS as error:
+            raise DataError(f"Cannot decode image {checked.path!r}: "
+                            f"{undecodable_reason(checked.path, error)}") from error
         if batch and (image.shape != batch[0].shape or len(batch) == batch_size):
             yield np.stack(batch)
             batch = []
@@ -213,7 +292,7 @@ def embed_folder(
     """
     import keras
 
-    images = _image_files(folder)
+    images, _ = find_image_files(folder)
     bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
     features = []
     for batch in _batches(images, batch_size, channels):

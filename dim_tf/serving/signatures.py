@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from dim_tf.config import NORMALIZED_SIGNATURE, SERVING_SIGNATURE
 from dim_tf.data.preprocessing import prepare_batch
-from dim_tf.models.encoders import FEATURE_NAMES
+from dim_tf.config import FEATURE_NAMES
 
 
 def _require(images: tf.Tensor, condition: tf.Tensor, expected: str) -> tf.Tensor:

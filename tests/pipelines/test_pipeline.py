@@ -5,12 +5,13 @@ import os
 
 import pytest
 
+from dim_tf import read_embeddings
 from tests.pipelines.conftest import parameters, pipeline_flags, run_cli, versions
 
 # End to end: subprocesses of the command lines (pytest.ini).
 pytestmark = pytest.mark.e2e
 
-STAGES = ("ingest", "train", "evaluate", "push")
+STAGES = ("ingest", "train", "evaluate", "push", "embed")
 
 
 def _run(image_tree, root, *extra, **kwargs):
@@ -72,7 +73,7 @@ def test_full_run_then_cache_hits_then_a_training_change_reruns_downstream_only(
     assert listing.count("pipeline run ") == 3 and "cached from" in listing
     blessing_id = third["push"].outputs["blessing"].id
     lineage = run_cli("pipelines.lineage", f"--pipeline_root={root}", f"--artifact={blessing_id}").stdout
-    for stage in STAGES:
+    for stage in STAGES[:STAGES.index("push") + 1]:  # push's lineage
         assert f" {stage} (complete" in lineage
 
 
@@ -97,7 +98,7 @@ def test_push_refuses_an_unblessed_model_and_pushes_a_blessed_one(image_tree, tm
     assert "above the random encoder" in not_better["push"].outputs["blessing"].properties["reasons"][0]
 
     blessed = _run(image_tree, root, "--min_accuracy=0", f"--min_gain_over_random={impossible_gain - 2}")
-    assert [s for s in STAGES if not blessed[s].cached] == ["push"]
+    assert [s for s in STAGES if not blessed[s].cached] == ["push", "embed"]
     assert blessed["push"].outputs["blessing"].properties["blessed"]
     assert versions(destination) == ["1"]
 
@@ -126,7 +127,8 @@ def test_a_failing_stage_leaves_the_store_consistent_and_the_next_run_resumes(
     monkeypatch.setattr(pipeline, "STAGES", tuple(original.values()))
     resumed = _run(image_tree, root)
     assert [s for s in STAGES if resumed[s].cached] == ["ingest", "train"]
-    assert _statuses(root)[-2:] == [("evaluate", "complete"), ("push", "complete")]
+    assert _statuses(root)[-3:] == [("evaluate", "complete"), ("push", "complete"),
+                                    ("embed", "complete")]
 
 
 def test_the_command_lists_its_flags_and_refuses_an_unknown_stage():
@@ -142,30 +144,48 @@ def test_the_command_lists_its_flags_and_refuses_an_unknown_stage():
 
 
 def test_each_stage_runs_alone_from_the_command_line(image_tree, tmp_path):
+    """With the ingest and the embedding on Beam (DirectRunner)."""
     root = tmp_path / "root"
-    flags = pipeline_flags(image_tree, root)
+    flags = pipeline_flags(image_tree, root, "--ingest_runner=beam", "--embed_splits=test",
+                           "--embed_features=y,fc",
+                           "--beam_pipeline_args=--direct_running_mode=in_memory")
     early = run_cli("pipelines.run", "--only=train", *flags, check=False)
     assert early.returncode == 2
     assert "python -m pipelines.run --only=ingest" in early.stderr
     for bad, message in (("--encoder=nope", "--encoder='nope' is not valid"),
                          ("--blessing_metric=knn/fc", "--blessing_metric=knn/fc: not evaluated"),
-                         ("--force=trian", "--force=trian: not a stage")):
+                         ("--force=trian", "--force=trian: not a stage"),
+                         ("--embed_splits=validation", "validation not ingested"),
+                         ("--beam_pipeline_args=--runer=x", "Beam does not know these pipeline "
+                          "options: --runer")):
         refused = run_cli("pipelines.run", *flags, bad, check=False)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-1000:]
     assert not os.path.exists(root / "ingest")
 
-    for stage in STAGES:
-        output = run_cli("pipelines.run", f"--only={stage}", *flags).stdout
+    outputs = {stage: run_cli("pipelines.run", f"--only={stage}", *flags).stdout for stage in STAGES}
+    for stage, output in outputs.items():
         assert f"{stage}: execution" in output and "cached" not in output
-    assert "blessed: yes" in output
+    assert "blessed: yes" in outputs["push"]
     again = run_cli("pipelines.run", "--only=evaluate", *flags).stdout
     assert "cached" in again
-    assert [s for s, status in _statuses(root)] == ["ingest", "train", "evaluate", "push", "evaluate"]
+    assert [s for s, status in _statuses(root)] == [*STAGES, "evaluate"]
     whole = run_cli("pipelines.run", *flags).stdout
-    assert whole.count("cached (execution") == 4
+    assert whole.count("cached (execution") == 5
+
+    from pipelines.pipeline import open_store
+
+    with open_store(str(root)) as store:
+        [examples] = store.outputs(store.executions("ingest")[0].id)
+        [embeddings] = store.outputs(store.executions("embed")[0].id)
+    assert examples.properties["runner"] == "beam"
+    assert examples.properties["counters"]["examples_written"] == 36
+    assert embeddings.properties["splits"]["test"]["images_embedded"] == 12
+    ids, features = read_embeddings(os.path.join(embeddings.uri, "test"))
+    assert len(ids) == 12 and ids[0].startswith(os.path.join(image_tree, "test"))
+    assert features["y"].shape == (12, 8) and features["fc"].shape[0] == 12
 
 
-def test_kubeflow_compilation_names_all_four_stages(tmp_path):
+def test_kubeflow_compilation_names_every_stage(tmp_path):
     import yaml
 
     from pipelines.kubeflow import compile_pipeline
