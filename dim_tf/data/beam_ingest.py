@@ -46,7 +46,7 @@ from dim_tf.data.source import ImageSource, decode_failure_reason, usable_images
 from dim_tf.data.tfrecords import (finish_dataset, new_schema, serialize_example, shard_name,
                                    split_label_names, split_statistics)
 from dim_tf.errors import DataError
-from dim_tf.io import atomic_path
+from dim_tf.io import atomic_path, atomic_write_json
 
 beam = beam_runs.require_beam()
 from apache_beam.metrics import Metrics  # noqa: E402  (after the check that Beam is installed)
@@ -105,8 +105,8 @@ def write_tfrecord_dataset_beam(
             bad = tuple(sorted(source.rejected + tuple(BadImage(*b) for b in found["bad"]),
                                key=lambda b: b.path))
             usable = usable_images(source, check_channels, skip_corrupt, bad)  # raises as locally
-            files = [shard_name(split, i, _shard_count(usable.num_examples, examples_per_shard))
-                     for i in range(_shard_count(usable.num_examples, examples_per_shard))]
+            shards = _shard_count(usable.num_examples, examples_per_shard)
+            files = [shard_name(split, i, shards) for i in range(shards)]
             if found["written"] != usable.num_examples:
                 raise DataError(f"Split {split!r} of {source.name}: expected {usable.num_examples} "
                                 f"images, the workers wrote {found['written']}.")
@@ -273,9 +273,8 @@ class _CountDescriptions(beam.CombineFn):
 
 
 def _write_part(_, parts: str, split: str, written: int, descriptions: dict, bad: list) -> None:
-    with atomic_path(os.path.join(parts, f"{split}.json")) as temporary, \
-            open(temporary, "w", encoding="utf-8") as f:
-        json.dump({"written": written, "bad": sorted(bad), **descriptions}, f)
+    atomic_write_json(os.path.join(parts, f"{split}.json"),
+                      {"written": written, "bad": sorted(bad), **descriptions})
 
 
 def _read_part(parts: str, split: str) -> dict:
