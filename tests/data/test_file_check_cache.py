@@ -107,7 +107,7 @@ def test_same_size_bytes_with_the_old_mtime_are_checked_again(folder, spy):
     changed = os.path.join(folder, "train", "class_1", "001.jpg")
     before = os.stat(changed)
     with open(changed, "r+b") as f:
-        f.seek(before.st_size // 2)
+        f.seek(before.st_size - 80)  # in the image data, past the header the listing reads
         f.write(b"\x00" * 64)
     os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (os.stat(changed).st_size, os.stat(changed).st_mtime_ns) == (before.st_size,

@@ -21,7 +21,7 @@ from tests.pipelines.conftest import (  # noqa: F401 (image_tree is a fixture)
 # End to end: subprocesses of the command lines (pytest.ini).
 pytestmark = pytest.mark.e2e
 
-STAGES = ("ingest", "train", "evaluate", "push")
+STAGES = ("ingest", "train", "evaluate", "push", "embed")
 
 
 def _store_state(root):
@@ -52,7 +52,8 @@ def test_kill_during_a_stage_or_a_metadata_write_then_the_next_run_resumes(image
     integrity, executions = _store_state(root)
     assert integrity == "ok"
     assert executions == [("ingest", "complete"), ("train", "failed"), ("ingest", "cached"),
-                          ("train", "complete"), ("evaluate", "complete"), ("push", "complete")]
+                          ("train", "complete"), ("evaluate", "complete"), ("push", "complete"),
+                          ("embed", "complete")]
     # Same run directory, and training resumed at its last step instead of starting over.
     assert os.listdir(root / "train") == checkpoints
     summary = json.load(open(root / "train" / checkpoints[0] / "model" / "summary.json"))
@@ -72,7 +73,7 @@ def test_a_push_killed_after_its_export_does_not_push_twice(image_tree, tmp_path
     assert "pushed to " + str(root / "saved_models" / "tiny" / "1") in resumed
     assert versions(root / "saved_models" / "tiny") == ["1"]
     integrity, executions = _store_state(root)
-    assert integrity == "ok" and executions[-1] == ("push", "complete")
+    assert integrity == "ok" and executions[-2:] == [("push", "complete"), ("embed", "complete")]
 
 
 def test_a_deleted_artifact_is_a_cache_miss(image_tree, tmp_path):
@@ -85,8 +86,8 @@ def test_a_deleted_artifact_is_a_cache_miss(image_tree, tmp_path):
     shutil.rmtree(root / "evaluate" / run_id / "evaluation")
 
     rerun = run_cli("pipelines.run", *flags).stdout
-    assert rerun.count("cached (execution") == 3  # ingest, train and push
-    assert "evaluate: execution 7, run" in rerun and f"run {run_id}, ran in" in rerun
+    assert rerun.count("cached (execution") == 4  # ingest, train, push and embed
+    assert "evaluate: execution 8, run" in rerun and f"run {run_id}, ran in" in rerun
     assert os.path.exists(root / "evaluate" / run_id / "evaluation" / "report.json")
     listing = run_cli("pipelines.lineage", f"--pipeline_root={root}").stdout
     assert "(deleted)" not in listing
