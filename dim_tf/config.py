@@ -172,6 +172,11 @@ class DatasetSpec:
         return self.name if self.kind == TFRECORD else None
 
     @property
+    def path(self) -> str | None:
+        """The directory a `folder:` or `tfrecord:` dataset names, else None."""
+        return self.name if self.kind in (FOLDER, TFRECORD) else None
+
+    @property
     def catalogue_name(self) -> str | None:
         """The TFDS name of a catalogue dataset without its version (`cifar10`), else None."""
         return self.name.split(":")[0].split("/")[0].lower() if self.kind == CATALOGUE else None

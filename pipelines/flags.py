@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 from absl import flags
 
 from dim_tf import (FEATURE_NAMES, ConfigError, EvalConfig, TrainConfig, beam_pipeline_options,
                     config_values, define_config_flags)
 from pipelines.train import training_settings
+from pipelines.volume import place_on_volume
 
 STAGE_NAMES = ("ingest", "train", "evaluate", "push", "embed")
 INGEST_RUNNERS = ("local", "beam")
@@ -169,3 +171,23 @@ def forced_stages(values: flags.FlagValues = FLAGS) -> set[str]:
         raise ConfigError(f"--force={','.join(sorted(unknown))}: not a stage; stages: "
                           f"{', '.join(STAGE_NAMES)}, all.")
     return forced
+
+
+def pipeline_flag_names(values: flags.FlagValues = FLAGS) -> list[str]:
+    """Every flag of `python -m pipelines.run` but --only, in definition order: what a
+    Kubeflow run takes as run-time parameters (each of its steps is one stage)."""
+    return [flag.name for flag in values.get_key_flags_for_module(sys.modules[__name__])
+            if flag.name != "only"]
+
+
+def place_flags_on_volume(mount_path: str, values: flags.FlagValues = FLAGS) -> None:
+    """Rewrites the path flags in `values` onto the volume mounted at `mount_path`
+    (`pipelines.volume.place_on_volume`).
+
+    Raises:
+        ConfigError: a path flag names a place off the volume that is not a URI.
+    """
+    current = {name: values[name].value for name in pipeline_flag_names(values)}
+    for name, value in place_on_volume(current, mount_path).items():
+        if value != current[name]:
+            values[name].value = value

@@ -21,25 +21,33 @@ from absl import flags
 from dim_tf import ConfigError, run_cli
 from pipelines import flags as pipeline_flags
 from pipelines.flags import FLAGS
+from pipelines.stage import StageResult, print_stage_result
 
 flags.adopt_module_key_flags(pipeline_flags)
 
 
-def main() -> None:
-    if not FLAGS.pipeline_root:
+def run_from_flags(values: flags.FlagValues = FLAGS) -> dict[str, StageResult]:
+    """Runs the pipeline (or the stage --only names) the parsed flags describe.
+
+    Raises:
+        ConfigError: bad flags, checked before TensorFlow loads (the stages load it),
+            so a typo fails in a second.
+        Whatever a stage raised.
+    """
+    if not values.pipeline_root:
         raise ConfigError("--pipeline_root is required: the directory of the pipeline's "
                           "artifacts and metadata store.")
-    # Flags are checked before TensorFlow loads (the stages load it), so a typo
-    # fails in a second.
-    force = pipeline_flags.forced_stages()
-    parameters = pipeline_flags.stage_parameters()
+    force = pipeline_flags.forced_stages(values)
+    parameters = pipeline_flags.stage_parameters(values)
     pipeline_flags.validate_parameters(parameters)
 
     from pipelines.pipeline import run_pipeline
-    from pipelines.stage import print_stage_result
 
-    only = FLAGS.only
-    results = run_pipeline(FLAGS.pipeline_root, parameters, only=only, force=force)
+    return run_pipeline(values.pipeline_root, parameters, only=values.only, force=force)
+
+
+def print_results(results: dict[str, StageResult], only: str | None) -> None:
+    """The console summary: each stage run (or just `only`), and the blessing."""
     for name in (only,) if only else results:
         print_stage_result(results[name])
     push = results.get("push")
@@ -47,6 +55,10 @@ def main() -> None:
         blessing = push.outputs["blessing"].properties
         print("blessed: " + ("yes, pushed to " + str(push.outputs["pushed_model"].uri)
                              if blessing["blessed"] else "no: " + "; ".join(blessing["reasons"])))
+
+
+def main() -> None:
+    print_results(run_from_flags(), FLAGS.only)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,13 @@ import hashlib
 import posixpath
 
 from dim_tf import ConfigError, TrainConfig, TrainingError, config_flags
+from pipelines.volume import check_shared
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "TFJob"
 # The operator finds TensorFlow's container of a replica by this name.
 CONTAINER = "tensorflow"
 VOLUME = "pipeline"
-# Object-store schemes TensorFlow's file system reads and writes.
-_URI_SCHEMES = ("gs://", "s3://", "hdfs://")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,17 +68,6 @@ def job_name(model_dir: str) -> str:
     return "dim-train-" + hashlib.sha256(model_dir.encode()).hexdigest()[:12]
 
 
-def _check_shared(path: str, what: str, settings: TFJobSettings) -> None:
-    if path.startswith(_URI_SCHEMES):
-        return
-    mount = settings.mount_path.rstrip("/") + "/"
-    if settings.pvc is None or not posixpath.normpath(path).startswith(mount):
-        raise ConfigError(
-            f"{what}={path} is not on the pipeline's volume ({settings.mount_path}, with a pvc) "
-            f"or an object-store URI ({', '.join(_URI_SCHEMES)}): the pods of a TFJob share "
-            "nothing else, and the run would vanish with the chief's pod.")
-
-
 def train_command(config: TrainConfig) -> list[str]:
     """What every pod runs: dim_tf.train with the config's flags, multi-worker."""
     config = dataclasses.replace(config, strategy="multi_worker")
@@ -97,10 +85,10 @@ def build_tfjob(config: TrainConfig, settings: TFJobSettings):
     from kubeflow.training import models
     from kubernetes import client
 
-    _check_shared(config.model_dir, "--model_dir", settings)
-    dataset_path = config.dataset.partition(":")[2]
-    if config.dataset.startswith(("folder:", "tfrecord:")):
-        _check_shared(dataset_path, "--dataset", settings)
+    volume = settings.mount_path if settings.pvc else None
+    check_shared(config.model_dir, "model_dir", volume)
+    if config.data.path is not None:
+        check_shared(config.data.path, "dataset", volume)
 
     limits = {"memory": settings.memory}
     if settings.cpu:

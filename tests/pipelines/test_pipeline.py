@@ -183,27 +183,3 @@ def test_each_stage_runs_alone_from_the_command_line(image_tree, tmp_path):
     ids, features = read_embeddings(os.path.join(embeddings.uri, "test"))
     assert len(ids) == 12 and ids[0].startswith(os.path.join(image_tree, "test"))
     assert features["y"].shape == (12, 8) and features["fc"].shape[0] == 12
-
-
-def test_kubeflow_compilation_names_every_stage(tmp_path):
-    import yaml
-
-    from pipelines.kubeflow import compile_pipeline
-
-    path = compile_pipeline(str(tmp_path / "dim.yaml"), image="example.com/dim-tf:test",
-                            flagfile="configs/pipeline_cifar10.flags", pvc="dim-data",
-                            train_accelerator="nvidia.com/gpu")
-    spec, platform = yaml.safe_load_all(open(path))
-    tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {f"dim-{s}" for s in STAGES}
-    assert tasks["dim-train"]["dependentTasks"] == ["dim-ingest"]
-    assert tasks["dim-push"]["dependentTasks"] == ["dim-evaluate"]
-    executors = spec["deploymentSpec"]["executors"]
-    for stage in STAGES:
-        container = executors[f"exec-dim-{stage}"]["container"]
-        assert container["image"] == "example.com/dim-tf:test"
-        assert container["command"] == ["python", "-m", "pipelines.run", f"--only={stage}"]
-    assert executors["exec-dim-train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
-    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert {name: m["pvcMount"][0]["constant"] for name, m in mounts.items()} == {
-        f"exec-dim-{s}": "dim-data" for s in STAGES}

@@ -90,7 +90,7 @@ def test_a_misspelt_field_does_not_survive_the_operators_schema():
 def test_a_run_or_dataset_off_the_shared_volume_is_refused(overrides, named):
     with pytest.raises(ConfigError, match=named) as error:
         tfjob.build_tfjob(_config(**overrides), _settings())
-    assert "vanish with the chief's pod" in str(error.value)
+    assert "vanish with its pod" in str(error.value)
     tfjob.build_tfjob(_config(model_dir="gs://bucket/run"), _settings())  # an object store is shared
 
 
@@ -213,30 +213,35 @@ def test_the_train_stage_runs_as_a_tfjob_of_a_chief_and_a_worker(image_tree, tmp
 
 
 def test_the_kubeflow_train_step_launches_the_tfjob(tmp_path, image_tree):
-    import yaml
-    from kfp import components
+    from tests.pipelines.test_kubeflow import IMAGE as STEP_IMAGE
+    from tests.pipelines.test_kubeflow import KUBEFLOW_FLAGFILE, _compile, launcher_text
 
-    from pipelines.kubeflow import compile_pipeline
     from pipelines.train import training_settings
 
-    path = compile_pipeline(str(tmp_path / "dim.yaml"), image=IMAGE,
-                            flagfile="configs/pipeline_cifar10.flags", pvc="dim-data",
-                            train_accelerator="nvidia.com/gpu", train_accelerator_count=2,
-                            train_workers=3)
-    assert components.load_component_from_file(path).name == "dim-tf"  # kfp's own reader
-    spec, _ = yaml.safe_load_all(open(path))
-    executors = spec["deploymentSpec"]["executors"]
-    train = executors["exec-dim-train"]["container"]
-    assert "resources" not in train  # the accelerators are the TFJob pods'
-    launcher = [a for a in train["args"] if a.startswith(("--train_launcher", "--tfjob_"))]
-    assert "--train_launcher=tfjob" in launcher and "--tfjob_workers=3" in launcher
-    for stage in ("ingest", "evaluate", "push"):
-        assert not any(a.startswith("--tfjob_") for a in executors[f"exec-dim-{stage}"]["container"]["args"])
+    _, spec, _ = _compile(tmp_path, f"--flagfile={KUBEFLOW_FLAGFILE}", "--train_launcher=tfjob",
+                          "--tfjob_workers=3", "--tfjob_accelerator=nvidia.com/gpu",
+                          "--tfjob_accelerator_count=2")
+    defaults = {name: p.get("defaultValue")
+                for name, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    assert (defaults["train_launcher"], defaults["tfjob_workers"]) == ("tfjob", 3)
+    # The job's pods run the step image and mount the steps' claim where the steps do.
+    assert (defaults["tfjob_image"], defaults["tfjob_pvc"], defaults["tfjob_mount_path"]) == (
+        STEP_IMAGE, "dim-data", "/pipeline")
+    train = spec["deploymentSpec"]["executors"]["exec-dim-train"]["container"]
+    assert "accelerator" not in train.get("resources", {})  # the accelerators are the pods'
+    assert any(a.startswith("--tfjob_workers=") for a in train["args"])
 
-    # The step's flags give the TFJob the compiled settings.
+    # The step's parameters give the TFJob the compiled settings.
+    launcher = [f"--{name}={launcher_text(value)}" for name, value in defaults.items()
+                if name.startswith("tfjob_") and value is not None] + ["--train_launcher=tfjob"]
     train_parameters = parameters(image_tree, "/pipeline/root", *launcher)["train"]
     _, settings = training_settings(train_parameters, "/pipeline/root/train/model",
                                     "tfrecord:/pipeline/root/ingest/examples")
-    assert settings == tfjob.TFJobSettings(image=IMAGE, workers=3, pvc="dim-data",
+    assert settings == tfjob.TFJobSettings(image=STEP_IMAGE, workers=3, pvc="dim-data",
                                            mount_path="/pipeline", accelerator="nvidia.com/gpu",
                                            accelerator_count=2)
+
+    # A train step that only launches the job takes no accelerator of its own.
+    with pytest.raises(ConfigError, match="--tfjob_accelerator"):
+        _compile(tmp_path, f"--flagfile={KUBEFLOW_FLAGFILE}", "--train_launcher=tfjob",
+                 train_accelerator="nvidia.com/gpu")
