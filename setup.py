@@ -16,7 +16,7 @@ setup(
     # `--flagfile=configs/NAME.flags` (or `--flagfile=NAME`) from any directory.
     package_dir={"dim_tf.configs": "configs"},
     package_data={"dim_tf": ["data/samples/README.md", "data/samples/*/*/*/*.jpg"],
-                  "dim_tf.configs": ["*.flags", "serving/*.config"]},
+                  "dim_tf.configs": ["*.flags", "serving/*.config", "serving/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",

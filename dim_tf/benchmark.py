@@ -8,6 +8,7 @@ r"""How fast does DIM train here, and how close is that to the machine's best ma
     python -m dim_tf.benchmark --jit_compile=on                 # the same step compiled by XLA
     python -m dim_tf.benchmark --input_only --dataset=folder:~/.cache/dim_tf/cifar10_jpeg
     python -m dim_tf.benchmark --input_only --views=2 --color_jitter=0.5 --dataset=...
+    python -m dim_tf.benchmark --serving --saved_model=saved_models/quick/1   # as TF Serving runs it
 
 Each configuration prints one JSON line: images/s (median of --repeats timed
 runs of --steps steps each, after warm-up, with the min and max), milliseconds
@@ -25,6 +26,12 @@ Training runs on synthetic images through the same Keras train function `fit`
 uses; `--input_only` times the input pipeline alone (decode, augmentation of
 every view, batching) on a real dataset, with the training stream's augmentation
 flags (random crops and flips on by default).
+
+`--serving` measures an exported encoder instead
+(`dim_tf.serving.serving_benchmark`): latency p50/p99 at batch 1, throughput at
+batch 1, 8 and 64 with 1, 4 and 16 concurrent callers, for pixel and JPEG
+inputs, and the request and response bytes of every signature over REST and
+gRPC, in a process that loads the SavedModel without dim_tf's model code.
 
 `--suite` runs each configuration of the table in a fresh subprocess (so its
 peak memory and dtype policy are its own) and prints their lines.
@@ -412,6 +419,11 @@ def _define_flags() -> None:
                         "profiler into this directory and report time by op type.")
     flags.DEFINE_bool("suite", False, "Run the scaling table (each configuration in a subprocess).")
     flags.DEFINE_bool("input_only", False, "Time the input pipeline of --dataset alone.")
+    flags.DEFINE_bool("serving", False, "Measure the exported SavedModel --saved_model as TF "
+                      "Serving runs it (latency, throughput, bytes per signature).")
+    flags.DEFINE_string("saved_model", None, "--serving: a SavedModel version directory, e.g. "
+                        "saved_models/quick/1.")
+    flags.DEFINE_float("serving_seconds", 2.0, "--serving: seconds per throughput measurement.")
     cli.define_config_flags(InputConfig)
 
 
@@ -427,6 +439,15 @@ def main() -> None:
                                   "error": result.stderr.strip().splitlines()[-1:]}), flush=True)
             else:
                 print(lines[-1], flush=True)
+        return
+    if FLAGS.serving:
+        if not FLAGS.saved_model:
+            raise ConfigError("--serving needs --saved_model (a version directory such as "
+                              "saved_models/quick/1).")
+        from dim_tf.serving.serving_benchmark import benchmark_serving
+
+        result = benchmark_serving(FLAGS.saved_model, FLAGS.serving_seconds)
+        print(json.dumps({**cpu_kind(), **result}), flush=True)
         return
     if FLAGS.input_only:
         inputs = InputConfig(**cli.config_values(InputConfig))

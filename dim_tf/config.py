@@ -45,11 +45,42 @@ EVALUATION_DIR = "evaluation"  # `python -m dim_tf.evaluate`'s default report di
 REPORT_JSON = "report.json"
 SCHEDULE_FILE = "schedule.json"  # the learning-rate schedule's length in steps, once fixed
 
-# The signatures of an exported encoder (written by dim_tf.serving, read by evaluation).
-SERVING_SIGNATURE = "serving_default"
-# The encoder's outputs, served by every signature: local map, conv map, fc, global code y.
+# The encoder's outputs: local map, conv map, fc, global code y.
 FEATURE_NAMES = ("local", "conv", "fc", "y")
+# What a signature of an exported encoder takes: its input tensor's name and kind.
+#   pixels:   uint8 [batch, height, width, 1 or 3], any size (resized in the graph)
+#   encoded:  string [batch] of JPEG, PNG, GIF, BMP or WebP files, each of its own size
+#             (over TF Serving's REST API each one as {"b64": ...})
+#   normalized: float32 [batch, size, size, channels] already in [-1, 1]
+PIXELS, ENCODED, NORMALIZED = "pixels", "encoded", "normalized"
+SIGNATURE_INPUTS = {PIXELS: "images", ENCODED: "image_bytes", NORMALIZED: "images"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureSpec:
+    """One signature of an exported encoder: its input kind and its outputs."""
+
+    input_kind: str
+    outputs: tuple[str, ...]
+
+    @property
+    def input_name(self) -> str:
+        return SIGNATURE_INPUTS[self.input_kind]
+
+
+# The signatures of an exported encoder (written by dim_tf.serving, read by evaluation
+# and the clients). Every output a signature returns travels in every REST response
+# (REST cannot filter outputs, gRPC can): the `embed*` ones return the code alone.
+SERVING_SIGNATURE = "serving_default"
 NORMALIZED_SIGNATURE = "encode_normalized"
+SIGNATURES = {
+    SERVING_SIGNATURE: SignatureSpec(PIXELS, FEATURE_NAMES),  # unchanged since the first export
+    NORMALIZED_SIGNATURE: SignatureSpec(NORMALIZED, FEATURE_NAMES),
+    "embed": SignatureSpec(PIXELS, ("y",)),  # retrieval: the code alone
+    "embed_encoded": SignatureSpec(ENCODED, ("y",)),
+    "probe_features": SignatureSpec(PIXELS, ("conv", "fc", "y")),  # linear probes, k-NN
+    "probe_features_encoded": SignatureSpec(ENCODED, ("conv", "fc", "y")),
+}
 # The width of the MI heads in the paper's DIM(L) runs.
 DEFAULT_MI_UNITS = 2048
 

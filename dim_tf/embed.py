@@ -22,8 +22,8 @@ OUTPUT-NNNNN-of-MMMMM.tfrecord (or .parquet): one row per image, its `id` (the
 file path, or the record's image/name) and each of --features flattened to
 float32; `dim_tf.serving.beam_embed.read_embeddings` reads them back. Every file
 under --images must be an image (found by content, as training finds them),
-except hidden and system files; with --engine=beam, --skip_bad leaves out those
-that are not, and lists them in OUTPUT.bad_files.jsonl.
+except hidden and system files; --skip_bad leaves out those that are not, and
+lists them in OUTPUT.bad_files.jsonl.
 
 Exit status: 0 written; 2 bad flags, a bad image folder or dataset; 1 the model or
 the server could not answer.
@@ -36,7 +36,7 @@ import os
 from absl import flags
 
 from dim_tf import cli
-from dim_tf.config import FEATURE_NAMES, SERVING_SIGNATURE
+from dim_tf.config import FEATURE_NAMES, SERVING_SIGNATURE, SIGNATURES
 from dim_tf.errors import ConfigError
 
 PROGRAM = "dim_tf.embed"
@@ -59,7 +59,10 @@ flags.DEFINE_string("server", None, "TF Serving address HOST:PORT.")
 flags.DEFINE_enum("protocol", "rest", ["rest", "grpc"], "TF Serving API to use with --server.")
 flags.DEFINE_string("model_name", None, "Model name on the server (--model_name of the server).")
 flags.DEFINE_integer("model_version", None, "Model version on the server (default: latest).")
-flags.DEFINE_string("signature", SERVING_SIGNATURE, "Signature to call.")
+flags.DEFINE_string("signature", SERVING_SIGNATURE, "--engine=local: the signature to call, "
+                    f"among {', '.join(SIGNATURES)}. The *_encoded ones are sent the files' bytes "
+                    "(decoded by the server: a JPEG travels as itself, not as pixels); embed and "
+                    "embed_encoded return y alone (the smallest REST responses).")
 flags.DEFINE_enum("feature", "y", FEATURES, "--engine=local: the encoder output to save.")
 flags.DEFINE_list("features", ["y"], "--engine=beam: the encoder outputs to write, e.g. y,fc "
                   f"(among {', '.join(FEATURES)}).")
@@ -69,8 +72,8 @@ flags.DEFINE_integer("channels", 3, "Decode images to this many channels (1 or 3
 flags.DEFINE_string("beam_pipeline_args", None, "--engine=beam: Beam's own pipeline options as "
                     "one string, e.g. \"--runner=DataflowRunner --project=P --region=R "
                     "--temp_location=gs://B/tmp\" (default: the DirectRunner on this machine).")
-flags.DEFINE_bool("skip_bad", False, "--engine=beam: leave out files that are no usable image "
-                  "(counted, and listed in OUTPUT.bad_files.jsonl) instead of failing.")
+flags.DEFINE_bool("skip_bad", False, "Leave out files that are no usable image (counted, and "
+                  "listed in OUTPUT.bad_files.jsonl) instead of failing.")
 FLAGS = flags.FLAGS
 
 
@@ -85,7 +88,7 @@ def _check_flags() -> None:
 
 def _check_local_flags() -> None:
     beam_only = [f"--{name}" for name in ("examples", "split", "features", "beam_pipeline_args")
-                 if FLAGS[name].present] + (["--skip_bad"] if FLAGS.skip_bad else [])
+                 if FLAGS[name].present]
     if FLAGS.output_format not in (None, "npy"):
         beam_only.append(f"--output_format={FLAGS.output_format}")
     if beam_only:
@@ -148,13 +151,19 @@ def _embed_locally() -> None:
     else:
         backend = client.GrpcBackend(FLAGS.server, FLAGS.model_name, FLAGS.signature,
                                      FLAGS.model_version)
-    features, paths = client.embed_folder(backend, FLAGS.images, FLAGS.batch_size,
-                                          FLAGS.feature, FLAGS.channels)
+    features, paths, bad = client.embed_folder(backend, FLAGS.images, FLAGS.batch_size,
+                                               FLAGS.feature, FLAGS.channels,
+                                               skip_bad=FLAGS.skip_bad)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     np.save(FLAGS.output, features)
     with open(FLAGS.output + ".files.txt", "w", encoding="utf-8") as f:
         f.write("\n".join(paths) + "\n")
-    print(f"{PROGRAM}: {features.shape[0]} images -> {FLAGS.output} {features.shape}")
+    bad_list = FLAGS.output + client.BAD_FILES_SUFFIX
+    if os.path.exists(bad_list):  # an earlier run's
+        os.remove(bad_list)
+    client.write_bad_files([(entry.path, entry.reason) for entry in bad], bad_list)
+    skipped = f"; {len(bad)} file(s) left out, listed in {bad_list}" if bad else ""
+    print(f"{PROGRAM}: {features.shape[0]} images -> {FLAGS.output} {features.shape}{skipped}")
 
 
 def _embed_with_beam() -> None:

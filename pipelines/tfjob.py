@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import posixpath
 
 from dim_tf import ConfigError, TrainConfig, TrainingError, config_flags
 from pipelines.volume import check_shared

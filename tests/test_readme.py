@@ -127,3 +127,13 @@ def test_readme_quick_run_trains_evaluates_exports_and_embeds_at_toy_size(tmp_pa
     import numpy as np
 
     assert np.load(tmp_path / "photos_y.npy").shape == (3, 64)
+
+    # The fine-tuning snippet, verbatim, on the sample images.
+    snippet, = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    setup = (f"import numpy as np, tensorflow as tf\n"
+             f"files = sorted(__import__('pathlib').Path({str(sample)!r}).rglob('*.jpg'))[:16]\n"
+             "images = np.stack([tf.io.decode_jpeg(f.read_bytes()).numpy() for f in files])"
+             ".astype('float32')\n"
+             "labels = np.arange(16) % 10\n")
+    _run([sys.executable, "-c", setup + snippet + "\nprint('fine-tuned', classifier.count_params())"],
+         tmp_path)

@@ -80,7 +80,6 @@ from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy  #
 
 NAMESPACE = "dim_tf.embed"
 OUTPUT_FORMATS = ("tfrecord", "parquet")
-BAD_FILES_SUFFIX = ".bad_files.jsonl"
 _COUNTERS = ("images_read", "bad_files", "images_embedded")
 _IMAGES, _BAD = "images", "bad"
 _SHARD = re.compile(r"-(\d{5,})-of-(\d{5,})\.(tfrecord|parquet)$")
@@ -150,7 +149,7 @@ def embed_with_beam(
     bad = bad | "Count bad files" >> beam.Map(_counted, "bad_files")
     _ = (bad
          | "Collect bad files" >> beam.combiners.ToList()
-         | "Write bad files" >> beam.Map(_write_bad_files, output + BAD_FILES_SUFFIX))
+         | "Write bad files" >> beam.Map(client.write_bad_files, output + client.BAD_FILES_SUFFIX))
     handler = SavedModelHandler(saved_model_dir, signature, features, batch_size)
     embedded = decoded[_IMAGES] | "Embed" >> RunInference(KeyedModelHandler(handler))
     if not skip_bad:
@@ -172,7 +171,7 @@ def embed_with_beam(
     if counters["bad_files"] and not skip_bad:
         for path in _shard_files(output, output_format):  # the empty shards Beam always writes
             tf.io.gfile.remove(path)
-        raise DataError(_bad_files_message(output + BAD_FILES_SUFFIX))
+        raise DataError(_bad_files_message(output + client.BAD_FILES_SUFFIX))
     return counters
 
 
@@ -399,15 +398,8 @@ def _shard_files(output: str, output_format: str) -> list[str]:
 def _remove_earlier_output(output: str, output_format: str) -> None:
     for path in _shard_files(output, output_format):
         tf.io.gfile.remove(path)
-    if tf.io.gfile.exists(output + BAD_FILES_SUFFIX):
-        tf.io.gfile.remove(output + BAD_FILES_SUFFIX)
-
-
-def _write_bad_files(bad: list[tuple[str, str]], path: str) -> None:
-    if bad:
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write("".join(json.dumps({"id": image_id, "reason": reason}) + "\n"
-                            for image_id, reason in sorted(bad)))
+    if tf.io.gfile.exists(output + client.BAD_FILES_SUFFIX):
+        tf.io.gfile.remove(output + client.BAD_FILES_SUFFIX)
 
 
 def _bad_files_message(path: str) -> str:

@@ -16,15 +16,19 @@ The images of a folder are found as training finds them
 (`dim_tf.data.image_files`): every file under it is an image, told by its
 content rather than its name, except operating-system and editor clutter
 (hidden files and folders, Thumbs.db, backups~); a file that is no usable image
-stops the embedding with its reason, before any request. Images are sent as
-uint8 [batch, height, width, channels]; the exported signature converts
-channels, resizes and scales them inside the graph. Consecutive images of the
-same size share a batch. The Beam engine (`dim_tf.serving.beam_embed`) lists, reads
+stops the embedding with its reason, before any request. To a signature on
+pixels (`serving_default`, `embed`, ...) images are sent as uint8 [batch,
+height, width, channels], consecutive images of the same size sharing a batch;
+to one on encoded images (`embed_encoded`, ...) the files' bytes are sent as
+they are (over REST as {"b64": ...}), any sizes in one batch, and the server
+decodes them. Either way the signature converts channels, resizes and scales
+inside the graph. The Beam engine (`dim_tf.serving.beam_embed`) lists, reads
 and decodes images with the same functions.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
@@ -35,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from dim_tf.config import SERVING_SIGNATURE
+from dim_tf.config import ENCODED, SERVING_SIGNATURE, SIGNATURES, SignatureSpec
 from dim_tf.data import image_files
 from dim_tf.errors import DataError, ServingError
 
@@ -43,8 +47,17 @@ from dim_tf.errors import DataError, ServingError
 MAX_REQUEST_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
+def signature_spec(signature: str) -> SignatureSpec:
+    """What `signature` takes and returns; a signature dim-tf does not export (a
+    renamed or custom one) is taken to be on pixels, like `serving_default`."""
+    return SIGNATURES.get(signature, SIGNATURES[SERVING_SIGNATURE])
+
+
 class Backend(Protocol):
-    def predict(self, images: np.ndarray, output: str) -> np.ndarray: ...
+    signature: str
+
+    def predict(self, batch: np.ndarray, output: str) -> np.ndarray:
+        """`output` for `batch`: uint8 pixels, or an object array of encoded files."""
 
 
 class InProcessBackend:
@@ -52,9 +65,37 @@ class InProcessBackend:
 
     def __init__(self, saved_model_dir: str, signature: str = SERVING_SIGNATURE):
         self._fn = load_signature(saved_model_dir, signature)
+        self.signature = signature
 
-    def predict(self, images: np.ndarray, output: str) -> np.ndarray:
-        return self._fn(images=tf.constant(images))[output].numpy()
+    def predict(self, batch: np.ndarray, output: str) -> np.ndarray:
+        inputs = {signature_spec(self.signature).input_name: tf.constant(batch)}
+        return self._fn(**inputs)[output].numpy()
+
+
+def rest_request(batch: np.ndarray, signature: str) -> dict:
+    """TF Serving's REST predict body (columnar "inputs") for `batch`: pixels as nested
+    lists, encoded files as {"b64": ...}."""
+    if batch.dtype == object:
+        values = [{"b64": base64.b64encode(item).decode("ascii")} for item in batch]
+    else:
+        values = batch.tolist()
+    return {"signature_name": signature, "inputs": {signature_spec(signature).input_name: values}}
+
+
+def grpc_request(batch: np.ndarray, model_name: str, signature: str, outputs: Sequence[str] = (),
+                 version: int | None = None):
+    """TF Serving's gRPC PredictRequest for `batch`, asking only for `outputs` (all when
+    empty). Needs tensorflow-serving-api."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    if version:
+        request.model_spec.version.value = version
+    request.inputs[signature_spec(signature).input_name].CopyFrom(tf.make_tensor_proto(batch))
+    request.output_filter.extend(outputs)
+    return request
 
 
 def check_saved_model(saved_model_dir: str, signature: str = SERVING_SIGNATURE,
@@ -107,9 +148,8 @@ class RestBackend:
         path = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
         self.url, self.signature, self.timeout = f"{base}{path}:predict", signature, timeout
 
-    def predict(self, images: np.ndarray, output: str) -> np.ndarray:
-        body = json.dumps({"signature_name": self.signature,
-                           "inputs": {"images": images.tolist()}}).encode()
+    def predict(self, batch: np.ndarray, output: str) -> np.ndarray:
+        body = json.dumps(rest_request(batch, self.signature)).encode()
         request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -137,11 +177,11 @@ class GrpcBackend:
                  max_request_bytes: int = MAX_REQUEST_BYTES):
         try:
             import grpc
-            from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+            from tensorflow_serving.apis import prediction_service_pb2_grpc
         except ImportError as error:
             raise ServingError("The gRPC client needs tensorflow-serving-api: "
                                "pip install 'dim-tf[serving]'.") from error
-        self._grpc, self._predict_pb2 = grpc, predict_pb2
+        self._grpc = grpc
         # -1: no client-side limit; responses (e.g. `local` maps) can exceed 4 MB.
         channel = grpc.insecure_channel(server, options=[("grpc.max_send_message_length", -1),
                                                          ("grpc.max_receive_message_length", -1)])
@@ -149,33 +189,38 @@ class GrpcBackend:
         self.server, self.model_name, self.signature = server, model_name, signature
         self.version, self.timeout, self.max_request_bytes = version, timeout, max_request_bytes
 
-    def predict(self, images: np.ndarray, output: str) -> np.ndarray:
+    def predict(self, batch: np.ndarray, output: str) -> np.ndarray:
         return np.concatenate([self._predict(chunk, output)
-                               for chunk in request_chunks(images, self.max_request_bytes)])
+                               for chunk in request_chunks(batch, self.max_request_bytes)])
 
-    def _predict(self, images: np.ndarray, output: str) -> np.ndarray:
-        request = self._predict_pb2.PredictRequest()
-        request.model_spec.name = self.model_name
-        request.model_spec.signature_name = self.signature
-        if self.version:
-            request.model_spec.version.value = self.version
-        request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
-        request.output_filter.append(output)
+    def _predict(self, batch: np.ndarray, output: str) -> np.ndarray:
+        request = grpc_request(batch, self.model_name, self.signature, [output], self.version)
         try:
             response = self._stub.Predict(request, timeout=self.timeout)
         except self._grpc.RpcError as error:
             raise ServingError(f"TF Serving at {self.server} answered {error.code().name} to a "
-                               f"request of {request.ByteSize()} bytes ({len(images)} images "
-                               f"{list(images.shape[1:])}): {error.details()}") from error
+                               f"request of {request.ByteSize()} bytes ({len(batch)} images): "
+                               f"{error.details()}") from error
         return tf.make_ndarray(response.outputs[output])
 
 
-def request_chunks(images: np.ndarray, max_bytes: int) -> list[np.ndarray]:
-    """Splits a batch into consecutive chunks of at most `max_bytes` of pixels, at
-    least one image each (an empty batch stays one empty chunk)."""
-    per_image = max(1, images[0].nbytes if len(images) else 1)
-    step = max(1, max_bytes // per_image)
-    return [images[i:i + step] for i in range(0, len(images), step)] or [images]
+def _item_bytes(item) -> int:
+    return len(item) if isinstance(item, bytes) else item.nbytes
+
+
+def request_chunks(batch: np.ndarray, max_bytes: int) -> list[np.ndarray]:
+    """Splits a batch (pixels, or encoded files) into consecutive chunks of at most
+    `max_bytes` of image data, at least one image each (an empty batch stays one
+    empty chunk)."""
+    chunks, start, size = [], 0, 0
+    for i, item in enumerate(batch):
+        if i > start and size + _item_bytes(item) > max_bytes:
+            chunks.append(batch[start:i])
+            start, size = i, 0
+        size += _item_bytes(item)
+    if len(batch) > start:
+        chunks.append(batch[start:])
+    return chunks or [batch]
 
 
 def find_image_files(folder: str, skip_bad: bool = False) -> tuple[list[image_files.ImageFile],
@@ -259,45 +304,90 @@ def undecodable_reason(path: str | None, error: Exception) -> str:
     return str(error)
 
 
-def _batches(images: list[image_files.ImageFile], batch_size: int,
-             channels: int) -> Iterator[np.ndarray]:
-    """uint8 batches of consecutive same-size images."""
+def _pixel_batches(images: list[image_files.ImageFile], batch_size: int, channels: int,
+                   bad: list[image_files.BadImage] | None
+                   ) -> Iterator[tuple[np.ndarray, list[image_files.ImageFile]]]:
+    """uint8 batches of consecutive same-size images, with their files. An image that
+    does not decode stops the embedding, or with `bad` (a list) is appended to it."""
     batch: list[np.ndarray] = []
+    files: list[image_files.ImageFile] = []
     for checked in images:
         try:
             image = read_pixels(checked, channels)
         except DECODE_ERRORS as error:
-            raise DataError(f"Cannot decode image {checked.path!r}: "
-                            f"{undecodable_reason(checked.path, error)}") from error
+            reason = undecodable_reason(checked.path, error)
+            if bad is None:
+                raise DataError(f"Cannot decode image {checked.path!r}: {reason}") from error
+            bad.append(image_files.BadImage(checked.path, reason))
+            continue
         if batch and (image.shape != batch[0].shape or len(batch) == batch_size):
-            yield np.stack(batch)
-            batch = []
+            yield np.stack(batch), files
+            batch, files = [], []
         batch.append(image)
+        files.append(checked)
     if batch:
-        yield np.stack(batch)
+        yield np.stack(batch), files
+
+
+def encoded_bytes(image: image_files.ImageFile) -> bytes:
+    """The file's bytes as a signature on encoded images takes them: as they are, or
+    re-encoded as PNG for the formats TensorFlow misreads (`image.via_pillow`)."""
+    if image.via_pillow:
+        return image_files.pillow_png(image.path)
+    with open(image.path, "rb") as f:
+        return f.read()
+
+
+def _encoded_batches(images: list[image_files.ImageFile], batch_size: int
+                     ) -> Iterator[tuple[np.ndarray, list[image_files.ImageFile]]]:
+    """Object arrays of up to `batch_size` encoded files, any sizes mixed, with their files."""
+    for start in range(0, len(images), batch_size):
+        files = images[start:start + batch_size]
+        yield np.array([encoded_bytes(image) for image in files], dtype=object), files
+
+
+BAD_FILES_SUFFIX = ".bad_files.jsonl"
+
+
+def write_bad_files(bad: list[tuple[str, str]], path: str) -> None:
+    """Writes (id, reason) pairs as JSON lines, sorted by id (nothing when there are none)."""
+    if bad:
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write("".join(json.dumps({"id": image_id, "reason": reason}) + "\n"
+                            for image_id, reason in sorted(bad)))
 
 
 def embed_folder(
     backend: Backend, folder: str, batch_size: int = 64, output: str = "y",
-    channels: int = 3, progress: bool = True,
-) -> tuple[np.ndarray, list[str]]:
-    """Embeds every image under `folder`: ([N, D] float32 features, file paths).
+    channels: int = 3, progress: bool = True, skip_bad: bool = False,
+) -> tuple[np.ndarray, list[str], list[image_files.BadImage]]:
+    """Embeds every image under `folder`: ([N, D] float32 features, the N file paths,
+    the files left out).
 
-    Feature maps (`conv`, `local`) are flattened per image.
+    Feature maps (`conv`, `local`) are flattened per image. Without `skip_bad` a file
+    that is no usable image stops the embedding (none are left out); with it, such
+    files are left out and returned.
 
     Raises:
-        DataError: `folder` is missing or empty, or holds a file that is no usable
-            image (see the module docstring).
+        DataError: `folder` is missing or holds no usable image, or (without
+            `skip_bad`) a file in it is no usable image (see the module docstring).
         ServingError: the backend could not answer.
     """
     import keras
 
-    images, _ = find_image_files(folder)
+    images, bad = find_image_files(folder, skip_bad)
     bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
-    features = []
-    for batch in _batches(images, batch_size, channels):
+    features, paths = [], []
+    encoded = signature_spec(backend.signature).input_kind == ENCODED
+    batches = (_encoded_batches(images, batch_size) if encoded
+               else _pixel_batches(images, batch_size, channels, bad if skip_bad else None))
+    for batch, files in batches:
         values = np.asarray(backend.predict(batch, output), np.float32)
         features.append(values.reshape(len(batch), -1))
+        paths += [image.path for image in files]
         if bar:
             bar.add(len(batch))
-    return np.concatenate(features), [image.path for image in images]
+    if not features:
+        raise DataError(f"None of the images under {folder!r} could be decoded; "
+                        f"{len(bad)} file(s) left out.")
+    return np.concatenate(features), paths, bad

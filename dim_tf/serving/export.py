@@ -3,8 +3,11 @@
 `export_encoder` writes `export_dir/<version>/` the way TF Serving expects it:
 
 - the signatures of `dim_tf.serving.signatures` (`serving_default` on uint8
-  images of any size, `encode_normalized` on float32 images in [-1, 1]);
-- `assets.extra/tf_serving_warmup_requests` and the run's metadata files.
+  images of any size, `embed*` and `probe_features*` on uint8 or encoded
+  images, `encode_normalized` on float32 images in [-1, 1]);
+- `assets.extra/tf_serving_warmup_requests` (every signature, a few sizes) and
+  the run's metadata files;
+- `encoder.keras`: the encoder as a Keras file, for fine-tuning it in Keras.
 
 The version is written to a hidden staging directory and published by an
 atomic rename (`dim_tf.serving.versions`): a server watching `export_dir` (it
@@ -25,7 +28,6 @@ from dim_tf.config import (
     FLAGS_FILE,
     REPORT_JSON,
     RUN_CONFIG_FILE,
-    SERVING_SIGNATURE,
     ExportConfig,
 )
 from dim_tf.data.labels import LABELS_FILE
@@ -38,6 +40,9 @@ from dim_tf.serving.warmup import write_warmup_file
 from dim_tf.training.restore import restore_run, saved_run_config
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+# The encoder as a Keras file, beside the SavedModel in each version directory (TF
+# Serving reads only saved_model.pb, variables/ and the assets).
+KERAS_FILE = "encoder.keras"
 # assets.extra file -> the run's file it copies (relative to model_dir).
 _RUN_FILES = {RUN_CONFIG_FILE: RUN_CONFIG_FILE, FLAGS_FILE: FLAGS_FILE, LABELS_FILE: LABELS_FILE,
               "evaluation.json": os.path.join(EVALUATION_DIR, REPORT_JSON)}
@@ -77,9 +82,10 @@ def export_encoder(
     with reserve_version(export_dir, version, overwrite, lock_timeout) as slot:
         archive.write_out(slot.staging, verbose=False)
         kill_point("export.saved_model_written")
+        keras.saving.save_model(encoder, os.path.join(slot.staging, KERAS_FILE))
         extra = os.path.join(slot.staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
-        write_warmup_file(os.path.join(extra, WARMUP_FILE), warmup_requests(encoder), SERVING_SIGNATURE)
+        write_warmup_file(os.path.join(extra, WARMUP_FILE), warmup_requests(encoder))
         for name, text in (extra_assets or {}).items():
             atomic_write_text(os.path.join(extra, name), text)
             kill_point("export.asset_written")

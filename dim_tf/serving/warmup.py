@@ -1,11 +1,12 @@
-"""TF Serving warm-up records, written without the tensorflow-serving-api package.
+"""TF Serving warm-up records.
 
 TF Serving replays `assets.extra/tf_serving_warmup_requests` (a TFRecord file of
 serialized `tensorflow.serving.PredictionLog` protos, at most 1000) when it
-loads a version, so the first real request does not pay for graph tracing.
-The messages involved are tiny, so they are encoded here directly in protobuf
-wire format (field numbers from tensorflow_serving/apis/*.proto); the tests
-parse the result with the real protos.
+loads a version, so the first real request does not pay for loading kernels
+and allocating memory. The records are built with tensorflow-serving-api's
+messages (the `serving` extra). Without that package they are encoded here in
+protobuf wire format (field numbers from tensorflow_serving/apis/*.proto), to
+the same bytes: the tests compare the two.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
-def predict_request_log(
-    inputs: dict[str, np.ndarray], model_name: str = "", signature_name: str = "serving_default"
-) -> bytes:
-    """A serialized PredictionLog holding one PredictRequest."""
-    spec = _field(_SPEC_NAME, model_name.encode()) + _field(_SPEC_SIGNATURE, signature_name.encode())
+def _encoded_request_log(inputs: dict[str, np.ndarray], model_name: str,
+                         signature_name: str) -> bytes:
+    """The fallback: a serialized PredictionLog holding one PredictRequest, by hand."""
+    # proto3 leaves empty strings out (TF Serving fills in the model's name).
+    spec = b"".join(_field(number, text.encode()) for number, text in
+                    ((_SPEC_NAME, model_name), (_SPEC_SIGNATURE, signature_name)) if text)
     request = _field(_REQUEST_MODEL_SPEC, spec)
     for key, value in inputs.items():
         tensor = tf.make_tensor_proto(value).SerializeToString()
@@ -53,11 +55,32 @@ def predict_request_log(
     return _field(_PREDICTION_LOG_PREDICT_LOG, _field(_PREDICT_LOG_REQUEST, request))
 
 
-def write_warmup_file(path: str, requests: list[dict[str, np.ndarray]], signature_name: str) -> None:
-    """Writes `requests` (input dicts) as TF Serving warm-up records."""
+def predict_request_log(inputs: dict[str, np.ndarray], model_name: str = "",
+                        signature_name: str = "serving_default",
+                        use_serving_api: bool = True) -> bytes:
+    """A serialized PredictionLog holding one PredictRequest (tensorflow-serving-api's
+    messages when installed and `use_serving_api`, else `_encoded_request_log`)."""
+    try:
+        if not use_serving_api:
+            raise ImportError
+        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    except ImportError:
+        return _encoded_request_log(inputs, model_name, signature_name)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request))
+    return log.SerializeToString(deterministic=True)
+
+
+def write_warmup_file(path: str, requests: list[tuple[str, dict[str, np.ndarray]]]) -> None:
+    """Writes `requests` ((signature name, inputs) pairs) as TF Serving warm-up records."""
     if len(requests) > MAX_RECORDS:
         raise ValueError(f"TF Serving reads at most {MAX_RECORDS} warm-up records; got {len(requests)}.")
     with tf.io.TFRecordWriter(path) as writer:
-        for inputs in requests:
+        for signature_name, inputs in requests:
             writer.write(predict_request_log(inputs, signature_name=signature_name))
             kill_point("export.warmup_record")

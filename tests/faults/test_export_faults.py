@@ -19,11 +19,13 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from dim_tf.config import NORMALIZED, SIGNATURES
 from dim_tf.errors import ExportBusyError, VersionExistsError
 from dim_tf.faults import KILL_AT_VARIABLE
 from dim_tf.models.encoders import build_encoder
 from dim_tf.serving import versions
 from dim_tf.serving.export import WARMUP_FILE, export_encoder
+from dim_tf.serving.signatures import WARMUP_BATCH_SIZES
 
 # End to end: subprocesses of the command lines (pytest.ini).
 pytestmark = pytest.mark.e2e
@@ -120,8 +122,9 @@ def servable_versions(export_dir, complete_files) -> dict[int, str]:
         warmup = str(path / "assets.extra" / WARMUP_FILE)
         records = [prediction_log_pb2.PredictionLog.FromString(r)
                    for r in tf.data.TFRecordDataset(warmup).as_numpy_iterator()]
-        assert [r.predict_log.request.model_spec.signature_name for r in records] == [
-            "serving_default", "serving_default"]
+        names = [r.predict_log.request.model_spec.signature_name for r in records]
+        assert set(names) == set(SIGNATURES) and len(names) == sum(
+            len(WARMUP_BATCH_SIZES) + (spec.input_kind != NORMALIZED) for spec in SIGNATURES.values())
         found[version] = (path / "assets.extra" / MARKER).read_text()
     return found
 

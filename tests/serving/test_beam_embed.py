@@ -54,7 +54,7 @@ def mixed_folder(tmp_path_factory):
 
 def _in_process(saved_model, folder, feature):
     """{path: vector} from dim_tf.embed's local engine, one image per call."""
-    vectors, paths = client.embed_folder(client.InProcessBackend(saved_model), str(folder),
+    vectors, paths, _ = client.embed_folder(client.InProcessBackend(saved_model), str(folder),
                                          batch_size=1, output=feature, progress=False)
     return dict(zip(paths, vectors))
 
@@ -133,7 +133,7 @@ def test_a_bad_file_fails_the_run_unless_skipped(saved_model, tmp_path):
     whole = (tmp_path / "whole.png").read_bytes()
     (folder / "truncated.png").write_bytes(whole[:len(whole) // 2])  # the header reads fine
     output = tmp_path / "out" / "emb"
-    bad_list = Path(str(output) + beam_embed.BAD_FILES_SUFFIX)
+    bad_list = Path(str(output) + client.BAD_FILES_SUFFIX)
 
     with pytest.raises(DataError, match=r"1 image\(s\) could not be decoded.*\n.*truncated\.png: "
                                         r"truncated PNG"):
@@ -179,8 +179,8 @@ def test_bad_arguments_are_refused_before_the_pipeline(saved_model, mixed_folder
             embed(**bad)
     with pytest.raises(ServingError, match="No saved_model.pb"):
         embed(saved_model_dir=str(tmp_path))
-    with pytest.raises(ServingError, match="no signature 'nope'; it has encode_normalized, "
-                                           "serving_default"):
+    with pytest.raises(ServingError, match="no signature 'nope'; it has embed, embed_encoded, "
+                                           "encode_normalized, probe_features"):
         embed(signature="nope")
     with pytest.raises(DataError, match="does not exist"):
         embed(images=str(tmp_path / "missing"))
@@ -232,8 +232,8 @@ def test_cli_refuses_wrong_flag_combinations_before_tensorflow_loads(saved_model
         ([*beam, "--features=y,pool"], "--features=y,pool: give names among"),
         ([*beam, "--beam_pipeline_args=--no_such_option=1"], "--no_such_option"),
         ([model, images, out, "--output_format=parquet"], "--output_format=parquet: only with"),
-        ([model, images, out, f"--examples={tmp_path}", "--skip_bad"],
-         "--examples, --skip_bad: only with --engine=beam"),
+        ([model, images, out, f"--examples={tmp_path}"],
+         "--examples: only with --engine=beam"),
     ]
     ran = [*beam, "--output_format=parquet", "--features=y,fc", "--batch_size=4",
            f"--beam_pipeline_args={IN_MEMORY}"]

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dim_tf.errors import DataError, ServingError
 from dim_tf.models.encoders import build_encoder
-from dim_tf.serving import client
+from dim_tf.serving import client, standalone
 from dim_tf.serving.export import export_encoder
 from tests.training.synthetic import write_image_folder
 
@@ -41,11 +41,11 @@ def _direct(path, folder, feature="y"):
 
 def test_in_process_embedding_matches_direct_calls(exported):
     path, folder = exported
-    features, paths = client.embed_folder(client.InProcessBackend(path), str(folder),
+    features, paths, _ = client.embed_folder(client.InProcessBackend(path), str(folder),
                                           batch_size=4, progress=False)
     assert len(paths) == 12 and features.shape == (12, 64)
     np.testing.assert_allclose(features, _direct(path, folder), atol=1e-5)
-    conv, _ = client.embed_folder(client.InProcessBackend(path), str(folder), output="conv",
+    conv, _, _ = client.embed_folder(client.InProcessBackend(path), str(folder), output="conv",
                                   progress=False)
     assert conv.shape == (12, 4 * 4 * 256)
 
@@ -60,15 +60,31 @@ def test_embedding_decodes_what_training_decodes_and_names_bad_files(exported, t
     red.save(tmp_path / "a.webp", save_all=True, append_images=[blue], lossless=True)
     red.save(tmp_path / "b.tiff")
     red.save(tmp_path / "c.png")
-    features, paths = client.embed_folder(client.InProcessBackend(path), str(tmp_path),
+    features, paths, _ = client.embed_folder(client.InProcessBackend(path), str(tmp_path),
                                           batch_size=8, progress=False)
     assert [Path(p).name for p in paths] == ["a.webp", "b.tiff", "c.png"]
     np.testing.assert_allclose(features[0], features[2], atol=1e-4)  # first frame, same pixels
     np.testing.assert_allclose(features[1], features[2], atol=1e-4)
 
+    # The files themselves to the encoded signature (TIFF and animated WebP re-encoded as
+    # PNG first): the same codes.
+    from_files, file_paths, _ = client.embed_folder(
+        client.InProcessBackend(path, "embed_encoded"), str(tmp_path), batch_size=8,
+        progress=False)
+    assert file_paths == paths
+    np.testing.assert_allclose(from_files, features, atol=1e-4)
+
     (tmp_path / "d.png").write_bytes(b"")
     with pytest.raises(DataError, match="d.png: zero bytes"):
         client.embed_folder(client.InProcessBackend(path), str(tmp_path), progress=False)
+    # Skipped and returned instead, with a file whose header passes the listing but whose
+    # data does not decode.
+    (tmp_path / "e.png").write_bytes((tmp_path / "c.png").read_bytes()[:60])
+    kept, kept_paths, bad = client.embed_folder(client.InProcessBackend(path), str(tmp_path),
+                                                progress=False, skip_bad=True)
+    assert [Path(p).name for p in kept_paths] == ["a.webp", "b.tiff", "c.png"]
+    np.testing.assert_allclose(kept, features, atol=1e-5)
+    assert sorted(Path(b.path).name for b in bad) == ["d.png", "e.png"]
 
 
 def test_images_are_found_by_content_and_system_files_are_skipped(tmp_path):
@@ -109,14 +125,15 @@ def test_unreachable_server_and_missing_model_are_serving_errors(tmp_path):
 
 
 class _FakeRestServing(BaseHTTPRequestHandler):
-    signature = None
+    """TF Serving's REST predict, answered by `dim_tf.serving.standalone` (as TF Serving parses
+    and answers it: {"b64": ...} strings, a single output's value without its name)."""
+
+    loaded = None
 
     def do_POST(self):  # noqa: N802 (http.server API)
         assert self.path == "/v1/models/dim:predict"
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        images = tf.constant(np.asarray(body["inputs"]["images"], np.uint8))
-        outputs = {k: v.numpy().tolist() for k, v in self.signature(images=images).items()}
-        payload = json.dumps({"outputs": outputs}).encode()
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _, payload = standalone.serve(self.loaded, "rest", body)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -127,15 +144,16 @@ class _FakeRestServing(BaseHTTPRequestHandler):
         pass
 
 
-def test_rest_client_against_loopback_server(exported):
+@pytest.mark.parametrize("signature", ["serving_default", "embed", "embed_encoded"])
+def test_rest_client_against_loopback_server(exported, signature):
     path, folder = exported
-    _FakeRestServing.signature = tf.saved_model.load(path).signatures["serving_default"]
+    _FakeRestServing.loaded = tf.saved_model.load(path)
     server = HTTPServer(("127.0.0.1", 0), _FakeRestServing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        backend = client.RestBackend(f"127.0.0.1:{server.server_port}", "dim")
-        features, _ = client.embed_folder(backend, str(folder), batch_size=5, progress=False)
+        backend = client.RestBackend(f"127.0.0.1:{server.server_port}", "dim", signature)
+        features, _, _ = client.embed_folder(backend, str(folder), batch_size=5, progress=False)
     finally:
         server.shutdown()
     np.testing.assert_allclose(features, _direct(path, folder), atol=1e-5)
@@ -151,19 +169,15 @@ class _GrpcServing:
         import grpc
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-        signature = tf.saved_model.load(path).signatures["serving_default"]
+        loaded = tf.saved_model.load(path)
         self.request_bytes = []
 
         class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             def Predict(inner, request, context):  # noqa: N802,N805 (gRPC API)
                 assert request.model_spec.name == "dim"
                 self.request_bytes.append(request.ByteSize())
-                images = tf.constant(tf.make_ndarray(request.inputs["images"]))
-                outputs = signature(images=images)
-                response = predict_pb2.PredictResponse()
-                for key in request.output_filter:
-                    response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
-                return response
+                _, response = standalone.serve(loaded, "grpc", request.SerializeToString())
+                return predict_pb2.PredictResponse.FromString(response)
 
         options = [] if max_receive is None else [("grpc.max_receive_message_length", max_receive)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=options)
@@ -178,11 +192,12 @@ class _GrpcServing:
         self.server.stop(None)
 
 
-def test_grpc_client_against_loopback_server(exported):
+@pytest.mark.parametrize("signature", ["serving_default", "embed_encoded"])
+def test_grpc_client_against_loopback_server(exported, signature):
     pytest.importorskip("grpc")
     path, folder = exported
     with _GrpcServing(path) as serving:
-        features, _ = client.embed_folder(client.GrpcBackend(serving.address, "dim"),
+        features, _, _ = client.embed_folder(client.GrpcBackend(serving.address, "dim", signature),
                                           str(folder), batch_size=5, progress=False)
     np.testing.assert_allclose(features, _direct(path, folder), atol=1e-5)
 
@@ -215,6 +230,12 @@ def test_grpc_client_handles_messages_over_4mb(exported):
     np.testing.assert_allclose(y, signature(images=huge)["y"].numpy(), atol=1e-5)
 
 
+def test_request_chunks_count_encoded_files_by_their_length():
+    files = np.array([b"x" * 30, b"y" * 30, b"z" * 80, b"w" * 10], dtype=object)
+    chunks = client.request_chunks(files, max_bytes=64)
+    assert [list(c) for c in chunks] == [[b"x" * 30, b"y" * 30], [b"z" * 80], [b"w" * 10]]
+
+
 def test_request_chunks_stay_under_the_limit_and_keep_order():
     images = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)  # 48 bytes each
     chunks = client.request_chunks(images, max_bytes=100)
@@ -238,3 +259,16 @@ def test_embed_command_writes_npy_and_file_list(exported, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dim_tf.embed", f"--images={folder}",
                           f"--output={out}"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "exactly one of --saved_model" in bad.stderr
+
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "with_bad")
+    (tmp_path / "with_bad" / "notes.txt").write_text("not an image")
+    skipped = subprocess.run(
+        [sys.executable, "-m", "dim_tf.embed", f"--images={tmp_path / 'with_bad'}",
+         f"--output={out}", f"--saved_model={path}", "--signature=embed_encoded", "--skip_bad"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "1 file(s) left out" in skipped.stdout and np.load(out).shape == (12, 64)
+    listed = [json.loads(line) for line in open(f"{out}.bad_files.jsonl")]
+    assert [Path(e["id"]).name for e in listed] == ["notes.txt"] and "not an image" in listed[0]["reason"]
