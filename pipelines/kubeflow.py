@@ -43,7 +43,7 @@ from absl import flags
 from dim_tf import ConfigError, DimError, run_cli
 from pipelines import flags as pipeline_flags
 from pipelines.flags import FLAGS, STAGE_NAMES
-from pipelines.kubeflow_artifacts import STEP_ARTIFACTS, artifact_class
+from pipelines.kubeflow_artifacts import STEP_ARTIFACTS, artifact_parameters
 
 STEP_MODULE = "pipelines.kubeflow_step"
 _PARAMETER_TYPES = {"bool": bool, "int": int, "float": float}
@@ -95,12 +95,7 @@ def _step_component(stage: str, image: str, mount_path: str,
     """The container component of one stage: its artifacts, then every parameter."""
     from kfp import dsl
 
-    step = STEP_ARTIFACTS[stage]
-    artifacts = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                   annotation=direction[artifact_class(stage, name)])
-                 for names, direction in ((step.inputs, dsl.Input), (step.outputs, dsl.Output))
-                 for name in names]
-    signature = artifacts + parameters
+    signature = artifact_parameters(stage) + parameters
 
     def container(*placeholders):
         # kfp calls this with one placeholder per parameter of the signature.

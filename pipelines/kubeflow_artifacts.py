@@ -59,6 +59,21 @@ def artifact_class(stage: str, name: str):
     return getattr(dsl, STEP_ARTIFACTS[producer].outputs[name])
 
 
+def artifact_parameters(stage: str) -> list:
+    """The step's artifacts as keyword-only `inspect.Parameter`s annotated `dsl.Input[...]`
+    or `dsl.Output[...]`: the signature kfp reads, both when it compiles the step's
+    component and when its executor fills in the step's artifacts."""
+    import inspect
+
+    from kfp import dsl
+
+    step = STEP_ARTIFACTS[stage]
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                              annotation=direction[artifact_class(stage, name)])
+            for names, direction in ((step.inputs, dsl.Input), (step.outputs, dsl.Output))
+            for name in names]
+
+
 def _pointer(artifact) -> dict:
     """Metadata naming where a stage's result is, and which one it is."""
     return {"volume_uri": artifact.uri, "fingerprint": artifact.fingerprint,
@@ -152,7 +167,6 @@ def publish(stage: str, results: dict[str, StageResult], executor_input: dict) -
     """
     import inspect
 
-    from kfp import dsl
     from kfp.dsl.executor import Executor
 
     step = STEP_ARTIFACTS[stage]
@@ -162,10 +176,7 @@ def publish(stage: str, results: dict[str, StageResult], executor_input: dict) -
         publisher(results, *(artifacts[name] for name in step.outputs))
 
     # kfp's executor fills in the arguments a function's signature asks for.
-    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                    annotation=direction[artifact_class(stage, name)])
-                  for names, direction in ((step.inputs, dsl.Input), (step.outputs, dsl.Output))
-                  for name in names]
+    parameters = artifact_parameters(stage)
     write_artifacts.__signature__ = inspect.Signature(parameters)
     write_artifacts.__annotations__ = {p.name: p.annotation for p in parameters}
     return Executor(executor_input, write_artifacts).execute()

@@ -32,7 +32,7 @@ import numpy as np
 
 from dim_tf.config import ENCODED, NORMALIZED, SAMPLES_DIR, SIGNATURES
 from dim_tf.errors import ServingError
-from dim_tf.serving.client import check_saved_model, grpc_request, rest_request
+from dim_tf.serving.client import check_saved_model, decode_pixels, grpc_request, rest_request
 
 STANDALONE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standalone.py")
 BATCH_SIZES = (1, 8, 64)
@@ -82,10 +82,7 @@ def _photo(jpeg: bytes, width: int = 1200, height: int = 900) -> bytes:
 
 
 def _pixels(files: list[bytes]) -> np.ndarray:
-    import tensorflow as tf
-
-    return np.stack([tf.io.decode_image(f, channels=3, expand_animations=False).numpy()
-                     for f in files])
+    return np.stack([decode_pixels(f, channels=3) for f in files])
 
 
 def _request(case: str, protocol: str, batch: np.ndarray, signature: str) -> dict:
